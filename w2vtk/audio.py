@@ -1,0 +1,125 @@
+"""Audio input: any FLAC, WAV or NIST SPHERE file -> 16 kHz mono float32.
+
+The container format is detected from the file's content by libsndfile (through soundfile), never
+from its extension, so TIMIT's SPHERE `.WAV` files and mislabelled files read correctly.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile as sf
+
+from w2vtk.errors import W2vtkError
+
+SAMPLE_RATE = 16000
+log = logging.getLogger(__name__)
+
+
+class AudioError(W2vtkError):
+    """An audio file is missing, empty, corrupt or of an unsupported format."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What the header says. `num_samples` is the length after resampling to 16 kHz."""
+
+    num_samples: int
+    sample_rate: int
+    channels: int
+    format: str
+
+
+def resampled_length(frames: int, sample_rate: int, target: int = SAMPLE_RATE) -> int:
+    """Samples after resampling `frames` from `sample_rate` to `target` (torchaudio rounds up)."""
+    if sample_rate == target:
+        return frames
+    return math.ceil(frames * target / sample_rate)
+
+
+def _check_path(path: str | os.PathLike) -> None:
+    if os.path.isdir(path):
+        raise AudioError(f"{path}: is a directory, not an audio file; remove it or rename it")
+    if not os.path.exists(path):
+        raise AudioError(f"{path}: no such audio file; check the path or the manifest's root")
+    if os.path.getsize(path) == 0:
+        raise AudioError(f"{path}: file is empty (0 bytes); re-extract or remove it")
+
+
+def audio_info(path: str | os.PathLike) -> AudioInfo:
+    """Read the header only (no decoding). Raises AudioError naming the path."""
+    _check_path(path)
+    try:
+        info = sf.info(str(path))
+    except Exception as e:  # libsndfile's error types vary by version
+        raise AudioError(f"{path}: cannot read audio header ({_reason(e)}); the file is corrupt or "
+                         "not FLAC/WAV/SPHERE") from None
+    if info.frames <= 0:
+        raise AudioError(f"{path}: audio has no samples; re-extract or remove it")
+    return AudioInfo(resampled_length(info.frames, info.samplerate), info.samplerate, info.channels,
+                     info.format)
+
+
+def read_audio(path: str | os.PathLike, start: int = 0, num_samples: int | None = None) -> np.ndarray:
+    """Decode `path` to a float32 array of shape (samples,) at 16 kHz, mono.
+
+    `start` and `num_samples` select a window in 16 kHz samples (for random crops); other rates are
+    read whole and resampled with torchaudio. Multi-channel audio is averaged, with a warning.
+    """
+    _check_path(path)
+    try:
+        with sf.SoundFile(str(path)) as f:
+            rate, channels = f.samplerate, f.channels
+            if rate == SAMPLE_RATE and (start or num_samples is not None):
+                f.seek(start)
+                wav = f.read(frames=-1 if num_samples is None else num_samples, dtype="float32",
+                             always_2d=True)
+            else:
+                wav = f.read(dtype="float32", always_2d=True)
+    except AudioError:
+        raise
+    except Exception as e:
+        raise AudioError(f"{path}: cannot decode audio ({_reason(e)}); the file is corrupt or "
+                         "truncated: re-extract it, or pass --skip-bad") from None
+    if wav.shape[0] == 0:
+        raise AudioError(f"{path}: audio has no samples; re-extract or remove it")
+    if channels > 1:
+        log.warning("%s: %d channels, down-mixing to mono", path, channels)
+        wav = wav.mean(axis=1, keepdims=True)
+    wav = wav[:, 0]
+    if rate != SAMPLE_RATE:
+        wav = resample(wav, rate)
+        if start or num_samples is not None:
+            wav = wav[start:None if num_samples is None else start + num_samples]
+    if not np.isfinite(wav).all():
+        raise AudioError(f"{path}: audio holds NaN or infinite samples; the file is corrupt")
+    return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def resample(wav: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample a (samples,) float32 array with torchaudio's band-limited sinc interpolation."""
+    import torch
+    import torchaudio.functional as AF
+
+    log.debug("resampling %d Hz -> %d Hz", rate, target)
+    return AF.resample(torch.from_numpy(np.ascontiguousarray(wav)), rate, target).numpy()
+
+
+def write_audio(path: str | os.PathLike, wav: np.ndarray, sample_rate: int = SAMPLE_RATE,
+                format: str | None = None, subtype: str = "PCM_16") -> None:
+    """Write a mono array atomically. `format` is soundfile's ('FLAC', 'WAV', 'NIST'); default from the
+    extension."""
+    from w2vtk.fileio import atomic_open
+
+    fmt = format or {".flac": "FLAC", ".wav": "WAV", ".sph": "NIST"}.get(os.path.splitext(path)[1].lower())
+    if fmt is None:
+        raise W2vtkError(f"{path}: cannot tell the audio format from the extension; pass format=")
+    with atomic_open(path, "wb") as f:
+        sf.write(f, wav, sample_rate, format=fmt, subtype=subtype)
+
+
+def _reason(e: Exception) -> str:
+    return str(e).splitlines()[0].strip() if str(e) else type(e).__name__

@@ -1,0 +1,69 @@
+"""The `w2vtk` command: a click group that sets up logging and the seed, and the subcommands.
+
+Each subcommand lives in a module of this package, parses its options and calls one library
+function that knows nothing of click, so everything is usable from Python too.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from w2vtk import __version__
+from w2vtk.errors import W2vtkError
+
+
+class _Group(click.Group):
+    """Turns W2vtkError into a one-line message and exit status 2, like click's own usage errors."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except W2vtkError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"],
+                                            "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="w2vtk")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.option("--seed", type=int, default=1, show_default=True,
+              help="Seed for Python, NumPy and torch, for reproducible runs.")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, seed: int) -> None:
+    """w2vtk: wav2vec 2.0 (Baevski et al., 2020) from corpus preparation to decoding.
+
+    \b
+    Typical flow:
+      w2vtk synth librispeech corpus/        # a small espeak-ng corpus, for a first run
+      w2vtk prepare librispeech corpus/ data/
+      w2vtk pretrain --config conf/pretrain_tiny.yaml --data data/ ...
+      w2vtk finetune --config conf/finetune_tiny.yaml --labels ltr --init exp/pt/checkpoints/best.pt ...
+      w2vtk decode --checkpoint exp/ft/checkpoints/best.pt --data data/ --subset test --lm 4gram.arpa ...
+    """
+    logging.basicConfig(level=logging.INFO if verbose == 0 else logging.DEBUG,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr)
+    if verbose == 0:
+        for noisy in ("urllib3", "matplotlib", "PIL", "numba", "transformers"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    ctx.obj = {"seed": seed, "verbose": verbose}
+    from w2vtk.seeding import seed_everything
+
+    seed_everything(seed)
+
+
+def _register() -> None:
+    """Subcommands, one module each."""
+    from w2vtk.cli import data_commands
+
+    main.add_command(data_commands.prepare)
+    main.add_command(data_commands.synth)
+
+
+_register()
