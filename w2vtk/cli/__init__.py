@@ -65,5 +65,10 @@ def _register() -> None:
     main.add_command(data_commands.prepare)
     main.add_command(data_commands.synth)
 
+    from w2vtk.cli import train_commands
+
+    main.add_command(train_commands.pretrain)
+    main.add_command(train_commands.finetune)
+
 
 _register()

@@ -1,0 +1,102 @@
+"""CTC fine-tuning: a linear head on the Transformer, the paper's freezing and masking schedule.
+
+The CNN stays frozen throughout (feature_grad_mult 0); for the first `freeze_finetune_updates` the
+whole Transformer is frozen too and only the CTC head learns. Time masks (mask_prob, as in
+pretraining) and channel masks continue during fine-tuning. The loss is CTC with the blank at index 0,
+summed over utterances with `zero_infinity` and normalised by the number of target tokens.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from w2vtk.data import Batch
+from w2vtk.masking import channel_mask, time_mask, utterance_rngs
+from w2vtk.model.wav2vec2 import Wav2Vec2Model
+from w2vtk.pretraining import StepResult
+from w2vtk.scoring import ErrorCounts, align
+from w2vtk.text import Vocabulary
+from w2vtk.training.config import FinetuneTaskConfig
+
+
+def greedy_ids(logits: torch.Tensor, frame_lengths: torch.Tensor | None) -> list[list[int]]:
+    """Best path per utterance: argmax per frame, repeats merged, blanks (0) dropped.
+
+    logits: (batch, frame, vocab); frame_lengths: (batch,) or None.
+    """
+    best = logits.argmax(-1).cpu()
+    out = []
+    for i, row in enumerate(best):
+        if frame_lengths is not None:
+            row = row[: int(frame_lengths[i])]
+        ids = torch.unique_consecutive(row)
+        out.append([int(t) for t in ids if t != 0])
+    return out
+
+
+class FinetuneObjective:
+    def __init__(self, model: Wav2Vec2Model, cfg: FinetuneTaskConfig, vocab: Vocabulary, seed: int):
+        if model.ctc_head is None:
+            raise ValueError("fine-tuning needs a model with a CTC head (vocab_size > 0)")
+        self.model = model
+        self.cfg = cfg
+        self.vocab = vocab
+        self.seed = seed
+        self.best_metric = "per" if vocab.kind == "phn" else "wer"
+        self.transformer_frozen = False
+        for p in model.feature_extractor.parameters():
+            p.requires_grad_(False)
+
+    def on_update(self, step: int) -> None:
+        frozen = step < self.cfg.freeze_finetune_updates
+        if frozen != self.transformer_frozen:
+            for name, p in self.model.named_parameters():
+                if not name.startswith(("ctc_head.", "feature_extractor.")):
+                    p.requires_grad_(not frozen)
+            self.transformer_frozen = frozen
+
+    def __call__(self, batch: Batch, step: int) -> StepResult:
+        m, cfg = self.model, self.cfg
+        ids = batch.ids.tolist()
+        # fairseq runs the frozen Transformer under no_grad: nothing to backpropagate into it.
+        grad = contextlib.nullcontext() if not self.transformer_frozen else torch.no_grad()
+        with grad:
+            feats = m.extract_features(batch.wav, batch.lengths)
+            b, t, _ = feats.features.shape
+            lengths = feats.frame_lengths if feats.frame_lengths is not None else torch.full((b,), t)
+            mask_t = time_mask(lengths.tolist(), t, cfg.mask_prob, cfg.mask_length, cfg.min_masks,
+                               utterance_rngs(self.seed, step, ids, stream=2))
+            mask_c = channel_mask(b, m.cfg.encoder_embed_dim, cfg.mask_channel_prob, cfg.mask_channel_length,
+                                  utterance_rngs(self.seed, step, ids, stream=3))
+            dev = feats.features.device
+            enc = m.encode(feats.features, feats.padding_mask, mask_time=torch.from_numpy(mask_t).to(dev),
+                           mask_channel=torch.from_numpy(mask_c).to(dev))
+        x = F.dropout(enc.x, cfg.final_dropout, m.training)
+        logits = m.ctc_head(x)
+        lprobs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (frame, batch, vocab)
+        loss = F.ctc_loss(lprobs, batch.targets, lengths, batch.target_lengths, blank=0, reduction="sum",
+                          zero_infinity=True)
+        tokens = int(batch.target_lengths.sum())
+        return StepResult(loss, tokens, {"loss": loss.item() / max(tokens, 1), "tokens": tokens})
+
+    # -- validation: CTC loss and greedy error rate --------------------------------------------------
+    def valid_step(self, batch: Batch) -> dict[str, float]:
+        logits, frame_lengths = self.model.ctc_logits(batch.wav, batch.lengths)
+        lprobs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)
+        loss = F.ctc_loss(lprobs, batch.targets, frame_lengths, batch.target_lengths, blank=0, reduction="sum",
+                          zero_infinity=True)
+        counts = ErrorCounts()
+        for hyp, ref in zip(greedy_ids(logits, frame_lengths), _split(batch.targets, batch.target_lengths)):
+            counts = counts + align(self.vocab.to_words(ref), self.vocab.to_words(hyp)).counts
+        return {"loss_sum": float(loss), "tokens": float(batch.target_lengths.sum()),
+                "errors": float(counts.errors), "ref_words": float(counts.ref_tokens)}
+
+    def valid_summary(self, sums: dict[str, float]) -> dict[str, float]:
+        return {"loss": sums["loss_sum"] / max(sums["tokens"], 1.0),
+                self.best_metric: 100.0 * sums["errors"] / max(sums["ref_words"], 1.0)}
+
+
+def _split(flat: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+    return [seq.tolist() for seq in torch.split(flat.cpu(), lengths.cpu().tolist())]

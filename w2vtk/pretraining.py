@@ -1,0 +1,110 @@
+"""The wav2vec 2.0 pretraining objective on top of the model's building blocks.
+
+For a batch: CNN features -> span masks over frames -> Transformer over the masked sequence; targets
+are quantized from the *unmasked* features (after LayerNorm and feature dropout, before the
+projection), only at masked frames; each prediction is scored against its target and K distractors
+from the same utterance's masked frames. Loss per masked frame:
+
+    contrastive + alpha * diversity + beta * feature_penalty
+
+fairseq sums the contrastive term over frames and scales the other two by the number of masked
+frames, then divides gradients by that number; we return the same sum and `sample_size`, and the
+trainer divides, so the gradients are the same.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from w2vtk.data import Batch
+from w2vtk.losses import contrastive_logits, contrastive_loss, diversity_loss, sample_negative_indices
+from w2vtk.masking import time_mask, utterance_rngs
+from w2vtk.model.wav2vec2 import Wav2Vec2Model
+from w2vtk.training.config import PretrainTaskConfig
+
+
+@dataclass
+class StepResult:
+    """loss: summed over `sample_size` units (masked frames, or target tokens for CTC); stats: floats
+    to log, each already a per-unit mean or a count."""
+
+    loss: torch.Tensor
+    sample_size: int
+    stats: dict[str, float]
+
+
+def gumbel_temperature(cfg: PretrainTaskConfig, step: int) -> float:
+    hi, lo, decay = cfg.latent_temp
+    return max(hi * decay**step, lo)
+
+
+class PretrainObjective:
+    """Computes the pretraining loss of `model` on a batch at update `step`."""
+
+    def __init__(self, model: Wav2Vec2Model, cfg: PretrainTaskConfig, seed: int):
+        self.model = model
+        self.cfg = cfg
+        self.seed = seed
+
+    def on_update(self, step: int) -> None:
+        """Anneal the Gumbel temperature (fairseq updates it once per update)."""
+        self.model.quantizer.temperature = gumbel_temperature(self.cfg, step)
+
+    def __call__(self, batch: Batch, step: int) -> StepResult:
+        cfg, m = self.cfg, self.model
+        feats = m.extract_features(batch.wav, batch.lengths)
+        b, t, _ = feats.features.shape
+        lengths = feats.frame_lengths.tolist() if feats.frame_lengths is not None else [t] * b
+        ids = batch.ids.tolist()
+        mask_np = time_mask(lengths, t, cfg.mask_prob, cfg.mask_length, cfg.min_masks,
+                            utterance_rngs(self.seed, step, ids, stream=0), cfg.require_same_masks)
+        mask = torch.from_numpy(mask_np).to(feats.features.device)
+        n = int(mask_np.sum(1).min())
+        if not cfg.require_same_masks or n < 2 or not (mask_np.sum(1) == n).all():
+            raise ValueError("pretraining needs >= 2 masked frames per utterance and equal counts "
+                             "(task.require_same_masks); the crop is too short for the mask settings")
+        unmasked = F.dropout(feats.features, m.cfg.dropout_features, m.training)
+        enc = m.encode(feats.features, feats.padding_mask, mask_time=mask)
+        x = m.final_proj(enc.x[mask].view(b, n, -1))  # (B, n, final_dim)
+        q = m.quantize(unmasked[mask].view(b * n, -1))
+        y = q.q.view(b, n, -1)
+        codes = q.codes.view(b, n, -1)
+        neg_idx = sample_negative_indices(n, cfg.num_negatives, utterance_rngs(self.seed, step, ids, stream=1))
+        logits = contrastive_logits(x, y, neg_idx.to(x.device), codes, cfg.logit_temp)
+        contrastive, correct = contrastive_loss(logits)
+        num_codes = m.cfg.latent_groups * m.cfg.latent_vars
+        diversity = diversity_loss(q.prob_perplexity, num_codes)
+        sample_size = b * n
+        loss = (contrastive + cfg.diversity_weight * diversity * sample_size
+                + cfg.feature_penalty_weight * feats.penalty * sample_size)
+        stats = {
+            "loss": loss.item() / sample_size,
+            "contrastive": contrastive.item() / sample_size,
+            "diversity": diversity.item(),
+            "penalty": feats.penalty.item(),
+            "prob_perplexity": q.prob_perplexity.item(),
+            "code_perplexity": q.code_perplexity.item(),
+            "temperature": float(m.quantizer.temperature),
+            "accuracy": correct.item() / sample_size,
+            "masked_frames": sample_size,
+        }
+        return StepResult(loss, sample_size, stats)
+
+    # -- validation: the same loss in eval mode (no dropout, argmax codes), fixed masks --------------
+    best_metric = "loss"
+
+    def valid_step(self, batch: Batch) -> dict[str, float]:
+        res = self(batch, step=0)
+        n = res.sample_size
+        s = res.stats
+        return {"frames": n, "batches": 1.0, "loss_sum": s["loss"] * n, "contrastive_sum": s["contrastive"] * n,
+                "correct": s["accuracy"] * n, "prob_perplexity_sum": s["prob_perplexity"],
+                "code_perplexity_sum": s["code_perplexity"]}
+
+    def valid_summary(self, sums: dict[str, float]) -> dict[str, float]:
+        n, b = max(sums["frames"], 1.0), max(sums["batches"], 1.0)
+        return {"loss": sums["loss_sum"] / n, "contrastive": sums["contrastive_sum"] / n,
+                "accuracy": sums["correct"] / n, "prob_perplexity": sums["prob_perplexity_sum"] / b,
+                "code_perplexity": sums["code_perplexity_sum"] / b}

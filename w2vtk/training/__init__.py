@@ -1,0 +1,1 @@
+"""The trainer shared by pretraining and fine-tuning: configs, schedules, distributed helpers, the loop."""

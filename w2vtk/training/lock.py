@@ -1,0 +1,39 @@
+"""One run per experiment directory: an advisory lock that names the holder's PID.
+
+The lock is an flock on EXP/.lock, so the kernel releases it when the holder dies, even by kill -9;
+a stale file never blocks a restart.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from w2vtk.errors import W2vtkError
+
+
+class ExpDirLock:
+    def __init__(self, exp_dir: str | os.PathLike):
+        self.path = Path(exp_dir) / ".lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> "ExpDirLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise W2vtkError(f"{self.path.parent}: another run is using this experiment directory (PID "
+                             f"{holder}); wait for it to finish, stop it, or choose another --exp-dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
