@@ -1,10 +1,109 @@
 """`w2vtk prepare ...` and `w2vtk synth ...`: corpora on disk -> manifests, and synthesized corpora."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
 import click
+
+DEFAULT_JOBS = min(8, os.cpu_count() or 1)
+_dir_in = click.Path(file_okay=False, path_type=Path)
+_dir_out = click.Path(file_okay=False, path_type=Path)
+
+
+def _prepare_options(fn):
+    fn = click.option("--skip-bad", is_flag=True,
+                      help="Leave out audio files that cannot be read (listed in OUT_DIR/skipped.txt) "
+                           "instead of stopping at the first one.")(fn)
+    fn = click.option("--jobs", "-j", type=click.IntRange(min=1), default=DEFAULT_JOBS, show_default=True,
+                      help="Worker processes reading audio headers.")(fn)
+    return fn
+
+
+def _print_summary(summary) -> None:
+    click.echo(summary.table())
 
 
 @click.group()
 def prepare() -> None:
-    """Turn a corpus on disk into fairseq-style manifests (tsv) and label files."""
+    """Turn a corpus on disk into fairseq-style manifests (tsv) and label files.
+
+    Each command writes OUT_DIR/<subset>.tsv (line 1: the absolute audio root, then
+    `relpath<TAB>num_samples`) and line-aligned label files. Re-running gives identical files.
+    """
+
+
+@prepare.command("librispeech")
+@click.argument("corpus_dir", type=_dir_in)
+@click.argument("out_dir", type=_dir_out)
+@click.option("--subsets", default="", metavar="A,B,...",
+              help="Comma-separated subsets to prepare, e.g. train-clean-100,dev-clean "
+                   "(default: every subset found).")
+@_prepare_options
+def prepare_librispeech_cmd(corpus_dir: Path, out_dir: Path, subsets: str, jobs: int, skip_bad: bool) -> None:
+    """LibriSpeech: CORPUS_DIR holds the subset folders (or a LibriSpeech/ folder holding them).
+
+    Writes <subset>.tsv, .wrd (words) and .ltr (letters, `|` after each word) per subset, and
+    dict.ltr.txt counted over the train* subsets.
+    """
+    from w2vtk.corpora.librispeech import prepare_librispeech
+
+    names = [s.strip() for s in subsets.split(",") if s.strip()]
+    _print_summary(prepare_librispeech(corpus_dir, out_dir, names or None, jobs=jobs, skip_bad=skip_bad))
+
+
+@prepare.command("librilight")
+@click.argument("corpus_dir", type=_dir_in)
+@click.argument("out_dir", type=_dir_out)
+@_prepare_options
+def prepare_librilight_cmd(corpus_dir: Path, out_dir: Path, jobs: int, skip_bad: bool) -> None:
+    """Libri-light limited-resource splits: CORPUS_DIR is the extracted librispeech_finetuning/.
+
+    Writes train-10m (1h/0), train-1h (1h/0..5) and train-10h (1h/* + 9h) with .tsv, .wrd, .ltr,
+    and dict.ltr.txt. Pair them with dev/test subsets from `w2vtk prepare librispeech`.
+    """
+    from w2vtk.corpora.librilight import prepare_librilight
+
+    _print_summary(prepare_librilight(corpus_dir, out_dir, jobs=jobs, skip_bad=skip_bad))
+
+
+@prepare.command("timit")
+@click.argument("corpus_dir", type=_dir_in)
+@click.argument("out_dir", type=_dir_out)
+@click.option("--phones", type=click.Choice(["39", "48", "61"]), default="39", show_default=True,
+              help="Phone set of the .phn labels: 39 (Lee & Hon scoring set), 48 (Kaldi's training set) "
+                   "or 61 (TIMIT's own; q is deleted in every set).")
+@click.option("--sil/--no-sil", "keep_sil", default=True, show_default=True,
+              help="Keep `sil` (closures, pauses and h# after folding) as a phone in the labels, as "
+                   "Kaldi does when scoring; --no-sil drops it, as some papers do.")
+@_prepare_options
+def prepare_timit_cmd(corpus_dir: Path, out_dir: Path, phones: str, keep_sil: bool, jobs: int,
+                      skip_bad: bool) -> None:
+    """TIMIT (upper- or lower-case disc layout): writes train, dev (50 speakers) and core test
+    (24 speakers) with .tsv, .phn, .wrd, and dict.phn.txt. SA sentences are excluded."""
+    from w2vtk.corpora.timit import prepare_timit
+
+    _print_summary(prepare_timit(corpus_dir, out_dir, int(phones), keep_sil, jobs=jobs, skip_bad=skip_bad))
+
+
+@prepare.command("audio")
+@click.argument("audio_dir", type=_dir_in)
+@click.argument("out_dir", type=_dir_out)
+@click.option("--ext", default="flac,wav", show_default=True, metavar="EXT,...",
+              help="Comma-separated audio file extensions to collect (case-insensitive).")
+@click.option("--valid-percent", type=click.FloatRange(0, 1, max_open=True), default=0.01, show_default=True,
+              help="Fraction of the files held out in valid.tsv (drawn with the global --seed).")
+@_prepare_options
+@click.pass_context
+def prepare_audio_cmd(ctx: click.Context, audio_dir: Path, out_dir: Path, ext: str, valid_percent: float,
+                      jobs: int, skip_bad: bool) -> None:
+    """Unlabelled audio under AUDIO_DIR (any depth) -> train.tsv and valid.tsv for pretraining."""
+    from w2vtk.corpora.folder import prepare_audio_folder
+
+    extensions = [e.strip().lstrip(".") for e in ext.split(",") if e.strip()]
+    seed = (ctx.obj or {}).get("seed", 1)
+    _print_summary(prepare_audio_folder(audio_dir, out_dir, extensions, valid_percent, seed, jobs=jobs,
+                                        skip_bad=skip_bad))
 
 
 @click.group()
