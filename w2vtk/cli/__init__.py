@@ -70,5 +70,10 @@ def _register() -> None:
     main.add_command(train_commands.pretrain)
     main.add_command(train_commands.finetune)
 
+    from w2vtk.cli import model_commands
+
+    for command in (model_commands.import_, model_commands.export, model_commands.extract):
+        main.add_command(command)
+
 
 _register()
