@@ -12,7 +12,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from w2vtk.data import Batch
+from w2vtk.dataset import Batch
 from w2vtk.masking import channel_mask, time_mask, utterance_rngs
 from w2vtk.model.wav2vec2 import Wav2Vec2Model
 from w2vtk.pretraining import StepResult

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from w2vtk.data import Batch
+from w2vtk.dataset import Batch
+from w2vtk.errors import W2vtkError
 from w2vtk.losses import contrastive_logits, contrastive_loss, diversity_loss, sample_negative_indices
 from w2vtk.masking import time_mask, utterance_rngs
 from w2vtk.model.wav2vec2 import Wav2Vec2Model
@@ -53,26 +54,41 @@ class PretrainObjective:
         self.model.quantizer.temperature = gumbel_temperature(self.cfg, step)
 
     def __call__(self, batch: Batch, step: int) -> StepResult:
+        """Draw this step's masks and distractors (keyed by seed, step and utterance), then score."""
+        cfg, m = self.cfg, self.model
+        b, width = batch.wav.shape
+        lengths = batch.lengths if batch.lengths is not None else torch.full((b,), width)
+        frames = m.frame_lengths(lengths.cpu()).tolist()
+        ids = batch.ids.tolist()
+        mask = time_mask(frames, max(frames), cfg.mask_prob, cfg.mask_length, cfg.min_masks,
+                         utterance_rngs(self.seed, step, ids, stream=0), cfg.require_same_masks)
+        counts = mask.sum(1)
+        n = int(counts.min())
+        if n < 2 or not (counts == n).all():
+            raise W2vtkError(f"pretraining needs the same number (>= 2) of masked frames in every utterance of a "
+                             f"batch, got {counts.tolist()}; keep task.require_same_masks=true and crop lengths "
+                             "of at least a few hundred milliseconds (data.min_sample_size)")
+        negatives = sample_negative_indices(n, cfg.num_negatives, utterance_rngs(self.seed, step, ids, stream=1))
+        return self.loss(batch, torch.from_numpy(mask), negatives)
+
+    def loss(self, batch: Batch, mask: torch.Tensor, negatives: torch.Tensor) -> StepResult:
+        """The objective for given masks and distractors.
+
+        mask: (B, T) bool with the same count n in every row; negatives: (B, n, K) indices into each
+        utterance's masked frames (in time order).
+        """
         cfg, m = self.cfg, self.model
         feats = m.extract_features(batch.wav, batch.lengths)
-        b, t, _ = feats.features.shape
-        lengths = feats.frame_lengths.tolist() if feats.frame_lengths is not None else [t] * b
-        ids = batch.ids.tolist()
-        mask_np = time_mask(lengths, t, cfg.mask_prob, cfg.mask_length, cfg.min_masks,
-                            utterance_rngs(self.seed, step, ids, stream=0), cfg.require_same_masks)
-        mask = torch.from_numpy(mask_np).to(feats.features.device)
-        n = int(mask_np.sum(1).min())
-        if not cfg.require_same_masks or n < 2 or not (mask_np.sum(1) == n).all():
-            raise ValueError("pretraining needs >= 2 masked frames per utterance and equal counts "
-                             "(task.require_same_masks); the crop is too short for the mask settings")
+        b = feats.features.shape[0]
+        mask = mask.to(feats.features.device)
+        n = int(mask[0].sum())
         unmasked = F.dropout(feats.features, m.cfg.dropout_features, m.training)
         enc = m.encode(feats.features, feats.padding_mask, mask_time=mask)
         x = m.final_proj(enc.x[mask].view(b, n, -1))  # (B, n, final_dim)
         q = m.quantize(unmasked[mask].view(b * n, -1))
         y = q.q.view(b, n, -1)
         codes = q.codes.view(b, n, -1)
-        neg_idx = sample_negative_indices(n, cfg.num_negatives, utterance_rngs(self.seed, step, ids, stream=1))
-        logits = contrastive_logits(x, y, neg_idx.to(x.device), codes, cfg.logit_temp)
+        logits = contrastive_logits(x, y, negatives.to(x.device), codes, cfg.logit_temp)
         contrastive, correct = contrastive_loss(logits)
         num_codes = m.cfg.latent_groups * m.cfg.latent_vars
         diversity = diversity_loss(q.prob_perplexity, num_codes)
@@ -88,7 +104,6 @@ class PretrainObjective:
             "code_perplexity": q.code_perplexity.item(),
             "temperature": float(m.quantizer.temperature),
             "accuracy": correct.item() / sample_size,
-            "masked_frames": sample_size,
         }
         return StepResult(loss, sample_size, stats)
 

@@ -10,7 +10,7 @@ import torch
 
 from w2vtk.checkpoint import load_checkpoint
 from w2vtk.config import ConfigError, load_config, save_config, to_dict
-from w2vtk.data import load_dataset
+from w2vtk.dataset import load_dataset
 from w2vtk.errors import W2vtkError
 from w2vtk.model.config import ModelConfig
 from w2vtk.model.wav2vec2 import build_model, load_state_dict_strict

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from w2vtk.audio import SAMPLE_RATE
 from w2vtk.checkpoint import CheckpointError, architecture_mismatch, load_checkpoint, save_checkpoint
-from w2vtk.data import AudioDataset, Batch, BucketBatchSampler, make_loader
+from w2vtk.dataset import AudioDataset, Batch, BucketBatchSampler, make_loader
 from w2vtk.errors import W2vtkError
 from w2vtk.fileio import atomic_write_text
 from w2vtk.model.config import ARCH_KEYS
