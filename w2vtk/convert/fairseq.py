@@ -78,13 +78,20 @@ def safe_load_fairseq(path: Path) -> dict[str, Any]:
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path}: refused: the pickle needs something beyond tensors, plain data and fairseq's config "
-            f"classes ({str(e).splitlines()[0][:200]}); loading it could run code, so w2vtk does not") from None
+            f"classes ({_unpickling_reason(e)}); loading it could run code, so w2vtk does not") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
         raise CheckpointError(f"{path}: cannot read ({str(e).splitlines()[0][:200]}); the file is truncated "
                               "or not a torch checkpoint") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
         raise CheckpointError(f"{path}: not a fairseq checkpoint (no 'model' state dict)")
     return {k: (v if k == "model" else to_plain(v)) for k, v in raw.items()}
+
+
+def _unpickling_reason(e: Exception) -> str:
+    """The line of torch's long weights-only message that names the offending global."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "global" in line]
+    return (named or lines or ["unpickling failed"])[0][:200]
 
 
 def to_plain(obj: Any) -> Any:
