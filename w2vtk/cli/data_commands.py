@@ -108,4 +108,69 @@ def prepare_audio_cmd(ctx: click.Context, audio_dir: Path, out_dir: Path, ext: s
 
 @click.group()
 def synth() -> None:
-    """Synthesize small corpora with espeak-ng, in the exact layout of the real ones."""
+    """Synthesize small corpora with espeak-ng, in the exact layout of the real ones.
+
+    The text is the Harvard sentences (IEEE 1969); speakers are espeak-ng accents and voice
+    variants with their own pitch and speed. Output is identical for the same options and --seed.
+    """
+
+
+@synth.command("librispeech")
+@click.argument("out_dir", type=_dir_out)
+@click.option("--train-minutes", type=click.FloatRange(min=0), default=30, show_default=True,
+              help="Minutes of audio in train-clean-100.")
+@click.option("--dev-minutes", type=click.FloatRange(min=0), default=5, show_default=True,
+              help="Minutes in dev-clean (and dev-other); 0 leaves the subset out.")
+@click.option("--test-minutes", type=click.FloatRange(min=0), default=5, show_default=True,
+              help="Minutes in test-clean (and test-other); 0 leaves the subset out.")
+@click.option("--speakers", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Speakers in train-clean-100.")
+@click.option("--eval-speakers", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Speakers in each dev/test subset, none of them in train-clean-100.")
+@click.option("--other", is_flag=True,
+              help="Also write dev-other and test-other: other speakers, added noise, wider pitch/speed jitter.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=DEFAULT_JOBS, show_default=True,
+              help="espeak-ng/sox processes running at once.")
+@click.pass_context
+def synth_librispeech_cmd(ctx: click.Context, out_dir: Path, train_minutes: float, dev_minutes: float,
+                          test_minutes: float, speakers: int, eval_speakers: int, other: bool, jobs: int) -> None:
+    """Write OUT_DIR/LibriSpeech/<subset>/<speaker>/<chapter>/*.flac + *.trans.txt, and
+    OUT_DIR/lm-text.txt (the normalised sentence list, for training an n-gram LM).
+
+    Then: w2vtk prepare librispeech OUT_DIR DATA_DIR
+    """
+    from w2vtk.synth import synth_librispeech
+
+    seed = (ctx.obj or {}).get("seed", 1)
+    click.echo(synth_librispeech(out_dir, train_minutes, dev_minutes, test_minutes, speakers, eval_speakers,
+                                 other, seed=seed, jobs=jobs).table())
+
+
+@synth.command("timit")
+@click.argument("out_dir", type=_dir_out)
+@click.option("--train-speakers", type=click.IntRange(min=1), default=38, show_default=True,
+              help="Speakers in TRAIN (named after TIMIT's TRAIN/DR1 speakers, at most 38).")
+@click.option("--dev-speakers", type=click.IntRange(min=1, max=50), default=50, show_default=True,
+              help="Speakers from TIMIT's 50-speaker dev list, in TEST.")
+@click.option("--test-speakers", type=click.IntRange(min=1, max=24), default=24, show_default=True,
+              help="Speakers from TIMIT's 24-speaker core test list, in TEST.")
+@click.option("--si", type=click.IntRange(min=0), default=3, show_default=True,
+              help="SI sentences per speaker (each read by one speaker).")
+@click.option("--sx", type=click.IntRange(min=0), default=5, show_default=True,
+              help="SX sentences per speaker (shared among speakers). SA1 and SA2 are always added.")
+@click.option("--lowercase", is_flag=True, help="Lower-case file and folder names, as in some TIMIT copies.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=DEFAULT_JOBS, show_default=True,
+              help="espeak-ng/sox processes running at once.")
+@click.pass_context
+def synth_timit_cmd(ctx: click.Context, out_dir: Path, train_speakers: int, dev_speakers: int,
+                    test_speakers: int, si: int, sx: int, lowercase: bool, jobs: int) -> None:
+    """Write OUT_DIR/TIMIT/{TRAIN,TEST}/DR<n>/<SPEAKER>/*.{WAV,PHN,WRD,TXT} (NIST SPHERE audio,
+    61-phone .PHN with approximate boundaries).
+
+    Then: w2vtk prepare timit OUT_DIR DATA_DIR
+    """
+    from w2vtk.synth import synth_timit
+
+    seed = (ctx.obj or {}).get("seed", 1)
+    click.echo(synth_timit(out_dir, train_speakers, dev_speakers, test_speakers, si, sx, lowercase, seed=seed,
+                           jobs=jobs).table())
