@@ -1,12 +1,11 @@
 """Test helpers: small transformers Wav2Vec2 models with random weights, fairseq-style checkpoints built
-from them by fairseq's documented parameter names, and a few spoken utterances."""
+from them by fairseq's documented parameter names, and utterances of the synthesized corpus."""
 from __future__ import annotations
 
 import argparse
 import json
 import math
 import re
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -14,32 +13,25 @@ import torch
 
 from w2vtk.audio import read_audio
 
-SENTENCES = [
-    "the birch canoe slid on the smooth planks",
-    "glue the sheet to the dark blue background",
-    "it is easy to tell the depth of a well",
-    "rice is often served in round bowls",
-]
-VOICES = ["en-us", "en-gb", "en-us+f3", "en-029"]
+def corpus_utterances(corpus: Path, n: int = 3) -> list[Path]:
+    """n FLAC files of different lengths from a LibriSpeech-layout corpus (the synth_librispeech fixture)."""
+    chosen, sizes = [], set()
+    for path in sorted(corpus.rglob("*.flac")):
+        size = path.stat().st_size
+        if size not in sizes:
+            chosen.append(path)
+            sizes.add(size)
+        if len(chosen) == n:
+            return chosen
+    raise AssertionError(f"{corpus} holds fewer than {n} distinct utterances")
 
 
-def speak(out_dir: Path, n: int = 3) -> list[Path]:
-    """n utterances synthesized by espeak-ng (22.05 kHz WAV files)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        path = out_dir / f"utt{i}.wav"
-        subprocess.run(["espeak-ng", "-v", VOICES[i % len(VOICES)], "-s", str(150 + 10 * i), "-w", str(path),
-                        SENTENCES[i % len(SENTENCES)]], check=True, capture_output=True)
-        paths.append(path)
-    return paths
-
-
-def speech_waveforms(corpus_or_dir: Path, n: int = 3) -> list[np.ndarray]:
-    """n waveforms (16 kHz float32), from a LibriSpeech-layout corpus if given one, else synthesized."""
-    flacs = sorted(corpus_or_dir.rglob("*.flac"))[:n] if corpus_or_dir.exists() else []
-    paths = flacs if len(flacs) == n else speak(corpus_or_dir / "espeak", n)
-    return [read_audio(p) for p in paths]
+def speech_waveforms(corpus: Path, n: int = 3) -> list[np.ndarray]:
+    """n waveforms of distinct lengths (16 kHz float32) from a LibriSpeech-layout corpus."""
+    waves = [read_audio(p) for p in corpus_utterances(corpus, 4 * n)]
+    distinct = {len(w): w for w in waves}
+    assert len(distinct) >= n
+    return list(distinct.values())[:n]
 
 
 STYLES = {

@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from reference_models import hf_model, save_hf, speak
+from reference_models import corpus_utterances, hf_model, save_hf
 from w2vtk.audio import read_audio, write_audio
 from w2vtk.cli import main
 from w2vtk.convert import import_checkpoint
@@ -21,13 +21,13 @@ W2VTK = str(Path(sys.executable).with_name("w2vtk"))
 
 
 @pytest.fixture(scope="module")
-def audio_files(tmp_path_factory) -> list[Path]:
-    """The same kinds of input users have: WAV at 22.05 kHz, FLAC at 8 kHz, WAV at 16 kHz."""
+def audio_files(synth_librispeech, tmp_path_factory) -> list[Path]:
+    """The kinds of input users have: FLAC at 16 kHz, FLAC at 8 kHz, WAV at 22.05 kHz."""
     root = tmp_path_factory.mktemp("audio")
-    a, b, c = speak(root / "src", 3)
+    a, b, c = corpus_utterances(synth_librispeech, 3)
     wav8k = read_audio(b)[::2]  # 16 kHz -> 8 kHz by decimation (speech content, lower rate)
     write_audio(root / "second.flac", wav8k, sample_rate=8000)
-    write_audio(root / "third.wav", read_audio(c))
+    subprocess.run(["sox", str(c), "-r", "22050", str(root / "third.wav")], check=True)
     return [a, root / "second.flac", root / "third.wav"]
 
 
@@ -55,7 +55,7 @@ def test_extract_matches_transformers_hidden_states(layer, imported, audio_files
     result = CliRunner().invoke(main, ["extract", "--checkpoint", str(ckpt), "--layer", str(layer),
                                        "--out", str(tmp_path / "feats"), *map(str, audio_files)])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "feats").iterdir()) == ["second.npy", "third.npy", "utt0.npy"]
+    assert sorted(p.name for p in (tmp_path / "feats").iterdir()) == sorted(f"{p.stem}.npy" for p in audio_files)
     for path in audio_files:
         features = np.load(tmp_path / "feats" / f"{path.stem}.npy")
         wav = read_audio(path)
@@ -71,7 +71,7 @@ def test_default_layer_is_the_last_and_a_real_subprocess_works(imported, audio_f
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     expected = reference(hf, read_audio(audio_files[0]), hf.config.num_hidden_layers)
-    assert np.abs(np.load(tmp_path / "utt0.npy") - expected).max() < 1e-4
+    assert np.abs(np.load(tmp_path / f"{audio_files[0].stem}.npy") - expected).max() < 1e-4
 
 
 def test_bad_requests_are_clear_errors(imported, audio_files, tmp_path):
@@ -81,7 +81,7 @@ def test_bad_requests_are_clear_errors(imported, audio_files, tmp_path):
                         str(audio_files[0])])
     assert result.exit_code == 2 and "--layer 4 is out of range" in result.output and "0 (the Transformer input) to 3" \
         in result.output
-    twin = tmp_path / "elsewhere" / "utt0.wav"
+    twin = tmp_path / "elsewhere" / f"{audio_files[0].stem}.wav"
     twin.parent.mkdir()
     twin.write_bytes(audio_files[0].read_bytes())
     result = run(main, ["extract", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"), str(audio_files[0]),

@@ -29,8 +29,8 @@ def model_of(style: str, seed: int = 0, **kw):
 
 
 @pytest.fixture(scope="module")
-def waveforms(tmp_path_factory) -> list[np.ndarray]:
-    return speech_waveforms(tmp_path_factory.mktemp("speech"), 3)
+def waveforms(synth_librispeech) -> list[np.ndarray]:
+    return speech_waveforms(synth_librispeech, 3)
 
 
 def pad(waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,7 +24,8 @@ def _base_conv_layers() -> list[list[int]]:
 class ModelConfig:
     """wav2vec 2.0 architecture. Field names follow fairseq's `Wav2Vec2Config`."""
 
-    extractor_mode: str = "group_norm"  # "group_norm": GroupNorm on CNN layer 1 only (BASE); "layer_norm": every layer (LARGE)
+    # "group_norm": GroupNorm on CNN layer 1 only (BASE); "layer_norm": LayerNorm in every layer (LARGE)
+    extractor_mode: str = "group_norm"
     conv_layers: list = field(default_factory=_base_conv_layers)  # [channels, kernel, stride] per CNN layer
     conv_bias: bool = False
     encoder_embed_dim: int = 768
