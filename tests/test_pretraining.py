@@ -67,7 +67,8 @@ def test_loss_matches_transformers(style, tmp_path, monkeypatch, synth_librispee
     objective = PretrainObjective(ours, cfg, seed=0)
     objective.on_update(0)
     with torch.no_grad():
-        result = objective.loss(Batch(torch.arange(b), wav), torch.from_numpy(mask), negatives)
+        noise = torch.zeros(b, n, hf.config.num_codevector_groups, hf.config.num_codevectors_per_group)
+        result = objective.loss(Batch(torch.arange(b), wav), torch.from_numpy(mask), negatives, noise)
 
     # transformers takes distractors as flat indices into (batch * frame), at every frame.
     hf_neg = torch.zeros(b, t, k, dtype=torch.long)

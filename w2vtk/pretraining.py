@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -69,13 +70,20 @@ class PretrainObjective:
                              f"batch, got {counts.tolist()}; keep task.require_same_masks=true and crop lengths "
                              "of at least a few hundred milliseconds (data.min_sample_size)")
         negatives = sample_negative_indices(n, cfg.num_negatives, utterance_rngs(self.seed, step, ids, stream=1))
-        return self.loss(batch, torch.from_numpy(mask), negatives)
+        noise = None
+        if m.training:
+            shape = (n, m.cfg.latent_groups, m.cfg.latent_vars)
+            noise = torch.from_numpy(np.stack([r.gumbel(size=shape).astype(np.float32)
+                                               for r in utterance_rngs(self.seed, step, ids, stream=4)]))
+        return self.loss(batch, torch.from_numpy(mask), negatives, noise)
 
-    def loss(self, batch: Batch, mask: torch.Tensor, negatives: torch.Tensor) -> StepResult:
-        """The objective for given masks and distractors.
+    def loss(self, batch: Batch, mask: torch.Tensor, negatives: torch.Tensor,
+             gumbel_noise: torch.Tensor | None = None) -> StepResult:
+        """The objective for given masks, distractors and Gumbel noise.
 
         mask: (B, T) bool with the same count n in every row; negatives: (B, n, K) indices into each
-        utterance's masked frames (in time order).
+        utterance's masked frames (in time order); gumbel_noise: (B, n, G, V) or None (the quantizer
+        then draws its own in training).
         """
         cfg, m = self.cfg, self.model
         feats = m.extract_features(batch.wav, batch.lengths)
@@ -85,7 +93,8 @@ class PretrainObjective:
         unmasked = F.dropout(feats.features, m.cfg.dropout_features, m.training)
         enc = m.encode(feats.features, feats.padding_mask, mask_time=mask)
         x = m.final_proj(enc.x[mask].view(b, n, -1))  # (B, n, final_dim)
-        q = m.quantize(unmasked[mask].view(b * n, -1))
+        noise = None if gumbel_noise is None else gumbel_noise.to(x.device).view(b * n, *gumbel_noise.shape[2:])
+        q = m.quantize(unmasked[mask].view(b * n, -1), noise)
         y = q.q.view(b, n, -1)
         codes = q.codes.view(b, n, -1)
         logits = contrastive_logits(x, y, negatives.to(x.device), codes, cfg.logit_temp)

@@ -44,13 +44,20 @@ class GumbelVectorQuantizer(nn.Module):
         nn.init.zeros_(self.weight_proj.bias)
         nn.init.uniform_(self.codevectors)
 
-    def forward(self, x: Tensor) -> QuantizerOutput:
+    def forward(self, x: Tensor, gumbel_noise: Tensor | None = None) -> QuantizerOutput:
+        """x: (..., in_dim). gumbel_noise: (..., G, V) Gumbel(0, 1) samples to use in training instead
+        of drawing them from torch's global generator (the trainer draws them per utterance, so a
+        frame gets the same noise in any batch, process or resumed run)."""
         lead = x.shape[:-1]
         with torch.autocast(device_type=x.device.type, enabled=False):
             logits = F.linear(x.float(), self.weight_proj.weight.float(), self.weight_proj.bias.float())
             logits = logits.reshape(-1, self.groups, self.num_vars)  # (N, G, V)
             avg_probs = torch.softmax(logits, dim=-1).mean(0)
-            if self.training:
+            if self.training and gumbel_noise is not None:
+                soft = torch.softmax((logits + gumbel_noise.reshape(logits.shape).to(logits)) / self.temperature, -1)
+                hard = F.one_hot(soft.argmax(-1), self.num_vars).to(soft.dtype)
+                onehot = hard - soft.detach() + soft  # straight-through: hard forward, soft gradient
+            elif self.training:
                 onehot = F.gumbel_softmax(logits, tau=self.temperature, hard=True, dim=-1)
             else:
                 onehot = F.one_hot(logits.argmax(-1), self.num_vars).to(logits.dtype)

@@ -180,7 +180,7 @@ class Wav2Vec2Model(nn.Module):
         x, hidden = self.encoder(x, padding_mask, output_hidden_states)
         return EncoderOutput(x, hidden)
 
-    def quantize(self, features: Tensor) -> QuantizerOutput:
+    def quantize(self, features: Tensor, gumbel_noise: Tensor | None = None) -> QuantizerOutput:
         """features (batch, frame, conv_dim) or (N, conv_dim) -> QuantizerOutput with q after project_q.
 
         Feature dropout, if wanted, is the caller's (it applies to the targets only).
@@ -188,7 +188,7 @@ class Wav2Vec2Model(nn.Module):
         if self.quantizer is None:
             raise W2vtkError("this model has no quantizer (latent_vars = 0, e.g. an imported CTC model); "
                              "pretraining needs a model built with latent_vars > 0")
-        out = self.quantizer(features)
+        out = self.quantizer(features, gumbel_noise)
         out.q = self.project_q(out.q.to(self.project_q.weight.dtype))
         return out
 

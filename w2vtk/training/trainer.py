@@ -241,7 +241,9 @@ class Trainer:
             audio += batch.num_samples
             for k, v in res.stats.items():
                 sums[k] = sums.get(k, 0.0) + v * res.sample_size
-        totals = D.all_reduce_sum(torch.tensor([sample_size, audio], dtype=torch.float64), self.dist)
+        keys = sorted(sums)
+        totals = D.all_reduce_sum(torch.tensor([sample_size, audio] + [sums[k] for k in keys], dtype=torch.float64),
+                                  self.dist)
         D.all_reduce_grads(params, self.dist)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
@@ -251,7 +253,7 @@ class Trainer:
                 p.grad.div_(total)
         max_norm = self.optim_cfg.clip_norm if self.optim_cfg.clip_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
-        stats = {k: v / max(sample_size, 1) for k, v in sums.items()}
+        stats = {k: float(v) / total for k, v in zip(keys, totals[2:].tolist())}  # over all ranks
         finite = math.isfinite(grad_norm) and all(math.isfinite(v) for v in stats.values())
         lr = self.optim_cfg.lr * lr_multiplier(self.optim_cfg, self.step)
         for g in self.optimizer.param_groups:
