@@ -378,3 +378,9 @@ def test_prepare_audio_extension_filter(synth_librispeech, tmp_path):
     _assert_one_line_error(result, "no audio files with extension wav")
     result = _invoke("prepare", "audio", synth_librispeech, tmp_path / "out", "--valid-percent", 1.5)
     assert result.exit_code == 2 and "valid-percent" in result.output
+
+
+def test_output_directory_that_is_a_file(synth_librispeech, tmp_path):
+    (tmp_path / "out").write_text("not a directory")
+    result = _invoke("prepare", "librispeech", synth_librispeech, tmp_path / "out")
+    _assert_one_line_error(result, tmp_path / "out", "not a directory")

@@ -122,6 +122,19 @@ def build_manifests(out_dir: str | Path, subsets: Sequence[SubsetPlan],
         log.warning("skipping %s", err)
 
     kept = {s.name: [it for it in s.items if results[str(it.path)][1] is None] for s in subsets}
+    try:
+        summaries = _write_outputs(out_dir, subsets, kept, results, dicts)
+        if skip_bad:
+            atomic_write_text(out_dir / SKIPPED_FILE, "".join(f"{p}\t{err}\n" for p, err in bad))
+    except OSError as e:
+        raise W2vtkError(f"cannot write to {e.filename or out_dir} ({e.strerror}); check the output "
+                         "directory's permissions and free space") from None
+    return PrepareSummary(out_dir, summaries, bad)
+
+
+def _write_outputs(out_dir: Path, subsets: Sequence[SubsetPlan], kept: Mapping[str, list[AudioItem]],
+                   results: Mapping[str, tuple[int | None, str | None]],
+                   dicts: Mapping[str, tuple[str, Sequence[str]]]) -> list[SubsetSummary]:
     out_dir.mkdir(parents=True, exist_ok=True)
     summaries = []
     for s in subsets:
@@ -137,9 +150,7 @@ def build_manifests(out_dir: str | Path, subsets: Sequence[SubsetPlan],
             for it in kept[name]:
                 counted.setdefault(str(it.path), it.labels[ext])
         write_dict(out_dir / dict_name, count_symbols(counted[p] for p in sorted(counted)))
-    if skip_bad:
-        atomic_write_text(out_dir / SKIPPED_FILE, "".join(f"{p}\t{err}\n" for p, err in bad))
-    return PrepareSummary(out_dir, summaries, bad)
+    return summaries
 
 
 def find_files(directory: Path, extensions: Sequence[str]) -> list[Path]:
