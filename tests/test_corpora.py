@@ -382,5 +382,7 @@ def test_prepare_audio_extension_filter(synth_librispeech, tmp_path):
 
 def test_output_directory_that_is_a_file(synth_librispeech, tmp_path):
     (tmp_path / "out").write_text("not a directory")
-    result = _invoke("prepare", "librispeech", synth_librispeech, tmp_path / "out")
-    _assert_one_line_error(result, tmp_path / "out", "not a directory")
+    with pytest.raises(W2vtkError, match="exists and is not a directory"):
+        prepare_librispeech(synth_librispeech, tmp_path / "out")
+    result = _invoke("prepare", "librispeech", synth_librispeech, tmp_path / "out")  # click's usage error
+    assert result.exit_code == 2 and "is a file" in result.output
