@@ -13,8 +13,11 @@ from click.testing import CliRunner
 from w2vtk.cli import main
 from w2vtk.corpora.timit import CORE_TEST_SPEAKERS, DEV_SPEAKERS
 from w2vtk.errors import W2vtkError
-from w2vtk.synth import (ACCENTS, SA_SENTENCES, TRAIN_SPEAKERS, SynthError, align, assign_words, check_tools,
-                         ipa_to_timit, load_sentences, phonemize, synth_librispeech, synth_timit, with_closures)
+from w2vtk.synth import synth_librispeech, synth_timit
+from w2vtk.synth.common import load_sentences
+from w2vtk.synth.espeak import ACCENTS, SynthError, check_tools, phonemize
+from w2vtk.synth.timit import SA_SENTENCES, TRAIN_SPEAKERS
+from w2vtk.synth.timit_phones import align, assign_words, ipa_to_timit, with_closures
 from w2vtk.text import PHONES_61, normalize_sentence
 
 W2VTK = str(Path(sys.executable).with_name("w2vtk"))

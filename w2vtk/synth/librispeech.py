@@ -1,0 +1,145 @@
+"""A synthetic LibriSpeech: LibriSpeech/<subset>/<speaker>/<chapter>/<speaker>-<chapter>-<NNNN>.flac with
+per-chapter <speaker>-<chapter>.trans.txt, SPEAKERS.TXT, and lm-text.txt (the n-gram training text)."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from w2vtk.audio import SAMPLE_RATE
+from w2vtk.errors import W2vtkError
+from w2vtk.fileio import atomic_write_text
+from w2vtk.synth.common import Speaker, Staging, SynthSummary, load_sentences, make_speakers, pool_map
+from w2vtk.synth.espeak import check_tools, synthesize
+from w2vtk.text import normalize_sentence
+
+UTTERANCES_PER_CHAPTER = 25
+
+
+@dataclass(frozen=True)
+class _LibriUtterance:
+    speaker: Speaker
+    text: str
+    pitch: int
+    speed: int
+    noise_seed: int | None  # "other" subsets: white noise at 15-25 dB SNR
+
+
+def _render_libri(u: _LibriUtterance) -> np.ndarray:
+    wav = synthesize(u.text, u.speaker.voice, u.pitch, u.speed)
+    if u.noise_seed is not None:
+        rng = np.random.default_rng(u.noise_seed)
+        snr_db = rng.uniform(15, 25)
+        noise = rng.standard_normal(len(wav)).astype(np.float32)
+        noise *= np.sqrt(np.mean(wav ** 2) / 10 ** (snr_db / 10))
+        wav = np.clip(wav + noise, -1, 32767 / 32768)
+    return wav
+
+
+def synth_librispeech(out_dir: str | Path, train_minutes: float = 30, dev_minutes: float = 5,
+                      test_minutes: float = 5, speakers: int = 8, eval_speakers: int = 3, other: bool = False,
+                      seed: int = 1, jobs: int = 1) -> SynthSummary:
+    """Write OUT_DIR/LibriSpeech/{train-clean-100,dev-clean,test-clean[,dev-other,test-other]} and
+    OUT_DIR/lm-text.txt (every sentence of the list, normalised: the n-gram training text).
+
+    Each subset gets distinct speakers (`speakers` for training, `eval_speakers` for each
+    evaluation subset) and utterances until it holds the requested minutes of audio. The other
+    subsets add white noise and wider pitch/speed jitter. A subset with 0 minutes is not written.
+    """
+    check_tools()
+    if speakers < 1 or eval_speakers < 1:
+        raise W2vtkError("--speakers and --eval-speakers must be at least 1")
+    out_dir = Path(out_dir)
+    sentences = load_sentences()
+    targets = [("train-clean-100", train_minutes, speakers), ("dev-clean", dev_minutes, eval_speakers),
+               ("test-clean", test_minutes, eval_speakers)]
+    if other:
+        targets += [("dev-other", dev_minutes, eval_speakers), ("test-other", test_minutes, eval_speakers)]
+    rng = random.Random(seed)
+    total = sum(n for _, _, n in targets)
+    ids = sorted(rng.sample(range(10, 10000), total))
+    rng.shuffle(ids)
+    genders = ["F" if i % 2 else "M" for i in range(total)]
+    everyone = make_speakers([(str(i), g) for i, g in zip(ids, genders)], rng)
+    rows, speaker_lines = [], []
+    with Staging(out_dir) as staging:
+        at = 0
+        for name, minutes, n in targets:
+            group = everyone[at:at + n]
+            at += n
+            if minutes <= 0:
+                continue
+            seconds = _write_libri_subset(staging.path / "LibriSpeech" / name, name, group, sentences,
+                                          minutes, seed, jobs)
+            rows.append((name, sum(n for n, _ in seconds.values()), sum(t for _, t in seconds.values()) / 60,
+                         len(seconds)))
+            speaker_lines += [(int(spk.id), spk, name, seconds[spk.id][1] / 60) for spk in group if spk.id in seconds]
+        for name, *_ in rows:
+            staging.publish(f"LibriSpeech/{name}")
+    header = ";ID  |SEX| SUBSET           |MINUTES| NAME\n"
+    atomic_write_text(out_dir / "LibriSpeech" / "SPEAKERS.TXT", header + "".join(
+        f"{i:<5}| {s.gender} | {name:<16} | {mins:5.2f} | espeak-ng {s.voice} pitch {s.pitch} speed {s.speed}\n"
+        for i, s, name, mins in sorted(speaker_lines, key=lambda x: x[0])))
+    atomic_write_text(out_dir / "lm-text.txt", "".join(normalize_sentence(s) + "\n" for s in sentences))
+    return SynthSummary(out_dir, rows)
+
+
+def _write_libri_subset(subset_dir: Path, name: str, group: list[Speaker], sentences: list[str],
+                        minutes: float, seed: int, jobs: int) -> dict[str, tuple[int, float]]:
+    """Synthesize utterances until `minutes` of audio; {speaker id: (files, seconds)}."""
+    noisy = name.endswith("-other")
+    # Each speaker reads the sentence list in an order of their own; chapters are runs of 25.
+    orders = []
+    chapter_ids = []
+    for spk in group:
+        r = random.Random(f"{seed}/{name}/{spk.id}")
+        order = list(range(len(sentences)))
+        r.shuffle(order)
+        orders.append(order)
+        chapter_ids.append(sorted(r.sample(range(1000, 200000), 40)))
+
+    def plan(k: int) -> _LibriUtterance:
+        spk_i, turn = k % len(group), k // len(group)
+        spk = group[spk_i]
+        r = random.Random(f"{seed}/{name}/{k}")
+        pitch, speed = spk.jittered(r, wider=noisy)
+        text = sentences[orders[spk_i][turn % len(sentences)]]
+        return _LibriUtterance(spk, text, pitch, speed, r.getrandbits(32) if noisy else None)
+
+    target = minutes * 60 * SAMPLE_RATE
+    total, k, batch = 0, 0, max(8, 4 * jobs)
+    per_speaker = [0] * len(group)
+    seconds: dict[str, tuple[int, float]] = {}
+    transcripts: dict[Path, list[str]] = {}
+    progress = tqdm(total=round(minutes * 60), desc=name, unit="s", disable=None, leave=False)
+    while total < target:
+        planned = [plan(k + i) for i in range(batch)]
+        for i, (u, wav) in enumerate(zip(planned, pool_map(_render_libri, planned, jobs))):
+            if total >= target:
+                break
+            spk_i = (k + i) % len(group)
+            n = per_speaker[spk_i]
+            per_speaker[spk_i] += 1
+            if n // UTTERANCES_PER_CHAPTER >= len(chapter_ids[spk_i]):
+                raise W2vtkError(f"{name}: too many minutes for {len(group)} speakers; add --speakers")
+            chapter = chapter_ids[spk_i][n // UTTERANCES_PER_CHAPTER]
+            utt = f"{u.speaker.id}-{chapter}-{n % UTTERANCES_PER_CHAPTER:04d}"
+            chapter_dir = subset_dir / u.speaker.id / str(chapter)
+            chapter_dir.mkdir(parents=True, exist_ok=True)
+            # Plain writes: the whole folder is renamed into place once complete (see Staging).
+            sf.write(chapter_dir / f"{utt}.flac", wav, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+            transcripts.setdefault(chapter_dir / f"{u.speaker.id}-{chapter}.trans.txt", []).append(
+                f"{utt} {normalize_sentence(u.text)}")
+            total += len(wav)
+            files, secs = seconds.get(u.speaker.id, (0, 0.0))
+            seconds[u.speaker.id] = (files + 1, secs + len(wav) / SAMPLE_RATE)
+            progress.update(len(wav) / SAMPLE_RATE)
+        k += batch
+    progress.close()
+    for path, lines in transcripts.items():
+        path.write_text("".join(line + "\n" for line in sorted(lines)), encoding="utf-8")
+    return seconds
