@@ -385,3 +385,12 @@ def test_output_directory_that_is_a_file(synth_librispeech, tmp_path):
         prepare_librispeech(synth_librispeech, tmp_path / "out")
     result = _invoke("prepare", "librispeech", synth_librispeech, tmp_path / "out")  # click's usage error
     assert result.exit_code == 2 and "is a file" in result.output
+
+
+def test_timit_speaker_lists():
+    assert len(DEV_SPEAKERS) == len(set(DEV_SPEAKERS)) == 50
+    assert len(CORE_TEST_SPEAKERS) == len(set(CORE_TEST_SPEAKERS)) == 24
+    assert not set(DEV_SPEAKERS) & set(CORE_TEST_SPEAKERS)
+    assert all(s[0] in "mf" and s[-1].isdigit() and len(s) == 5 for s in DEV_SPEAKERS + CORE_TEST_SPEAKERS)
+    # Core test: two men and one woman from each of the eight dialect regions.
+    assert [s[0] for s in CORE_TEST_SPEAKERS] == list("mmf" * 8)

@@ -14,9 +14,9 @@ import numpy as np
 from w2vtk.audio import SAMPLE_RATE
 from w2vtk.synth.espeak import SynthError
 
-# espeak-ng's English IPA (every accent in w2vtk.synth.espeak.ACCENTS) -> TIMIT phones. Stress marks are removed and ":" is
-# read as the length mark before the lookup; an r-coloured vowel written with a final ɹ is looked
-# up without it and followed by r.
+# espeak-ng's English IPA (every accent in w2vtk.synth.espeak.ACCENTS) -> TIMIT phones. Stress
+# marks are removed and ":" is read as the length mark before the lookup; an r-coloured vowel
+# written with a final ɹ is looked up without it and followed by r.
 _IPA_TO_TIMIT = {
     "p": ["p"], "b": ["b"], "t": ["t"], "t̪": ["t"], "d": ["d"], "k": ["k"], "ɡ": ["g"], "g": ["g"],
     "f": ["f"], "v": ["v"], "θ": ["th"], "ð": ["dh"], "s": ["s"], "z": ["z"], "ʃ": ["sh"], "ʒ": ["zh"],
