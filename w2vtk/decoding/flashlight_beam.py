@@ -1,0 +1,123 @@
+"""Lexicon beam search with a KenLM n-gram through flashlight-text's C++ LexiconDecoder.
+
+This is the paper's decoder (wav2letter's, behind fairseq's `W2lKenLMDecoder` and torchaudio's
+`ctc_decoder`): hypotheses advance through a trie of the lexicon's spellings, so only lexicon words
+are produced, and the LM scores each word as it completes. Trie nodes carry the best unigram score
+of the words below them ("smearing"), which lets the beam compare partial words fairly.
+
+The lexicon comes from a file (`WORD<TAB>W O R D |`, see `w2vtk lm lexicon`) or, for letter labels,
+from the ARPA model's unigrams.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from w2vtk.decoding.options import DecoderOptions, DecodingError
+from w2vtk.errors import W2vtkError
+from w2vtk.text import BLANK_INDEX, Vocabulary
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BEAM_THRESHOLD = 25.0  # fairseq's and torchaudio's default
+UNK_WORD = "<unk>"
+
+
+@dataclass
+class LexiconSearchGraph:
+    """The loaded pieces a LexiconDecoder needs: LM, word dictionary, and the smeared spelling trie."""
+
+    lm: object
+    word_dict: object
+    trie: object
+    unk_word: int
+    silence: int
+    num_words: int
+
+
+def _lexicon(vocab: Vocabulary, options: DecoderOptions) -> dict[str, list[list[str]]]:
+    from w2vtk.lm import arpa_unigrams, letter_spelling, read_lexicon
+
+    if options.lexicon:
+        return read_lexicon(options.lexicon)
+    return {w: [letter_spelling(w)] for w in arpa_unigrams(options.lm)}
+
+
+def build_search_graph(vocab: Vocabulary, options: DecoderOptions) -> LexiconSearchGraph:
+    """Load the LM and build the trie (seconds for LibriSpeech's 200k-word 4-gram; done once per process)."""
+    from flashlight.lib.text.decoder import SmearingMode, Trie, ZeroLM
+    from flashlight.lib.text.dictionary import Dictionary
+
+    from w2vtk.lm import check_lm_file, kenlm_load_error
+
+    lexicon = _lexicon(vocab, options)
+    word_dict = Dictionary()
+    for word in lexicon:
+        word_dict.add_entry(word)
+    if UNK_WORD not in lexicon:
+        word_dict.add_entry(UNK_WORD)
+    unk_word = word_dict.get_index(UNK_WORD)
+    word_dict.set_default_index(unk_word)
+    if options.lm:
+        from flashlight.lib.text.decoder.kenlm import KenLM
+
+        info = check_lm_file(options.lm)
+        try:
+            lm = KenLM(str(info.path), word_dict)
+        except (RuntimeError, OSError) as e:
+            raise kenlm_load_error(info.path, e) from None
+    else:
+        lm = ZeroLM()
+    # fairseq's choice: `|` (letters) is the silence token, else `</s>`, which a CTC head never emits
+    silence = vocab.index(vocab.word_separator) if vocab.word_separator else vocab.index("</s>")
+    trie = Trie(len(vocab), silence)
+    start = lm.start(False)
+    skipped: list[str] = []
+    for word, spellings in lexicon.items():
+        word_idx = word_dict.get_index(word)
+        _, score = lm.score(start, word_idx)
+        for spelling in spellings:
+            try:
+                ids = [vocab.index(tok) for tok in spelling]
+            except W2vtkError:
+                skipped.append(word)
+                continue
+            trie.insert(ids, word_idx, score)
+    if skipped:
+        log.warning("%d lexicon words spelled with symbols outside the model's vocabulary were left out "
+                    "(e.g. %s)", len(skipped), ", ".join(skipped[:5]))
+    if len(skipped) == sum(len(s) for s in lexicon.values()):
+        raise DecodingError(f"no lexicon word can be spelled with the model's {vocab.kind} symbols "
+                            f"({options.lexicon or options.lm}); give a lexicon in those units")
+    trie.smear(SmearingMode.MAX)
+    return LexiconSearchGraph(lm, word_dict, trie, unk_word, silence, len(lexicon))
+
+
+class FlashlightLexiconDecoder:
+    def __init__(self, vocab: Vocabulary, options: DecoderOptions, graph: LexiconSearchGraph | None = None):
+        """`graph`: an already built search graph to reuse (see parallel.py's cache)."""
+        from flashlight.lib.text.decoder import CriterionType, LexiconDecoder, LexiconDecoderOptions
+
+        self.graph = graph or build_search_graph(vocab, options)
+        threshold = options.beam_threshold if options.beam_threshold is not None else DEFAULT_BEAM_THRESHOLD
+        fl_options = LexiconDecoderOptions(
+            beam_size=options.beam, beam_size_token=options.beam_size_token or len(vocab),
+            beam_threshold=threshold, lm_weight=options.lm_weight, word_score=options.word_score,
+            unk_score=options.unk_score, sil_score=options.sil_score, log_add=False,
+            criterion_type=CriterionType.CTC)
+        self._decoder = LexiconDecoder(fl_options, self.graph.trie, self.graph.lm, self.graph.silence,
+                                       BLANK_INDEX, self.graph.unk_word, [], False)
+        self.num_tokens = len(vocab)
+
+    def decode(self, logprobs: np.ndarray) -> list[str]:
+        emissions = np.ascontiguousarray(logprobs, dtype=np.float32)
+        frames = emissions.shape[0]
+        if frames == 0:
+            return []
+        results = self._decoder.decode(emissions.ctypes.data, frames, self.num_tokens)
+        if not results:
+            return []
+        entry = self.graph.word_dict.get_entry
+        return [entry(i) for i in results[0].words if i >= 0 and i != self.graph.unk_word]
