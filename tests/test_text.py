@@ -11,9 +11,10 @@ def test_letters_put_a_bar_after_every_word():
     assert transcript_to_letters("HELLO WORLD") == "H E L L O | W O R L D |"
     assert transcript_to_letters("IT'S  A\tTEST") == "I T ' S | A | T E S T |"
     assert transcript_to_letters("") == ""
+    assert transcript_to_letters("don't") == "D O N ' T |"
 
 
-@pytest.mark.parametrize("bad, char", [("HELLO, WORLD", ","), ("hello", "h"), ("CAFÉ", "É"), ("R2D2", "2")])
+@pytest.mark.parametrize("bad, char", [("HELLO, WORLD", ","), ("HELLO-THERE", "-"), ("CAFÉ", "É"), ("R2D2", "2")])
 def test_letters_reject_characters_outside_the_vocabulary(bad, char):
     with pytest.raises(TranscriptError, match=repr(char)):
         transcript_to_letters(bad)

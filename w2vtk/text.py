@@ -49,11 +49,11 @@ def normalize_sentence(text: str) -> str:
 def transcript_to_letters(text: str) -> str:
     """`HELLO WORLD` -> `H E L L O | W O R L D |`: letters separated by spaces, `|` after every word.
 
-    The transcript must already be upper-case letters, apostrophes and spaces (LibriSpeech's
-    format); anything else raises TranscriptError naming the character, so that a caller can add
-    the file and line.
+    The transcript must be letters, apostrophes and spaces (LibriSpeech's format; lower case is
+    upper-cased); anything else raises TranscriptError naming the character, so that a caller can
+    add the file and line.
     """
-    words = text.split()
+    words = text.upper().split()
     out: list[str] = []
     for w in words:
         if not _LETTER_WORD.match(w):

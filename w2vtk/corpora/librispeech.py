@@ -68,7 +68,7 @@ def _read_transcript(path: Path, seen: dict[str, str]) -> dict[str, str]:
         if not text:
             continue
         utt, _, words = text.partition(" ")
-        words = " ".join(words.split())
+        words = " ".join(words.upper().split())
         if not words:
             raise W2vtkError(f"{path} line {n}: utterance {utt} has no transcript; expected "
                              "`<utt-id> TRANSCRIPT`")
