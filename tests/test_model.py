@@ -222,6 +222,17 @@ def test_gumbel_temperature_shapes_the_gradient_not_the_codes():
     assert not torch.allclose(grad_hot, grad_cold)
 
 
+def test_given_gumbel_noise_decides_the_training_codes():
+    model = model_of("base").train()
+    feats = torch.randn(4, 6, 32)
+    noise = -torch.empty(4, 6, 2, 8).exponential_(generator=torch.Generator().manual_seed(2)).log()
+    with torch.no_grad():
+        logits = model.quantizer.weight_proj(feats).view(4, 6, 2, 8)
+    a, b = model.quantize(feats, gumbel_noise=noise), model.quantize(feats, gumbel_noise=noise)
+    assert torch.equal(a.codes, (logits + noise).argmax(-1)) and torch.equal(a.q, b.q)
+    assert not torch.equal(a.codes, logits.argmax(-1))
+
+
 def test_quantizer_runs_in_fp32_under_autocast():
     model = model_of("base")
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -53,12 +53,12 @@ class GumbelVectorQuantizer(nn.Module):
             logits = F.linear(x.float(), self.weight_proj.weight.float(), self.weight_proj.bias.float())
             logits = logits.reshape(-1, self.groups, self.num_vars)  # (N, G, V)
             avg_probs = torch.softmax(logits, dim=-1).mean(0)
-            if self.training and gumbel_noise is not None:
+            if self.training:
+                if gumbel_noise is None:
+                    gumbel_noise = -torch.empty_like(logits).exponential_().log()  # Gumbel(0, 1)
                 soft = torch.softmax((logits + gumbel_noise.reshape(logits.shape).to(logits)) / self.temperature, -1)
                 hard = F.one_hot(soft.argmax(-1), self.num_vars).to(soft.dtype)
                 onehot = hard - soft.detach() + soft  # straight-through: hard forward, soft gradient
-            elif self.training:
-                onehot = F.gumbel_softmax(logits, tau=self.temperature, hard=True, dim=-1)
             else:
                 onehot = F.one_hot(logits.argmax(-1), self.num_vars).to(logits.dtype)
             codes = onehot.detach().argmax(-1)  # (N, G)
