@@ -75,5 +75,10 @@ def _register() -> None:
     for command in (model_commands.import_, model_commands.export, model_commands.extract):
         main.add_command(command)
 
+    from w2vtk.cli import report_commands
+
+    main.add_command(report_commands.plot)
+    main.add_command(report_commands.results)
+
 
 _register()

@@ -1,0 +1,176 @@
+# Shell helpers shared by the recipes (recipes/*/run.sh) and bin/demo.sh. Source it after setting the
+# option defaults and the `options` array:
+#
+#   stage=0; nj=2; corpus=""                 # defaults: one variable per option
+#   options=(stage nj corpus)                # which variables --stage, --nj, --corpus may set
+#   . "$(dirname "$0")/../../bin/common.sh"
+#   parse_options "$@"
+#
+# What it provides:
+#   parse_options "$@"   --name value / --name=value for every variable in `options` (dashes in the
+#                        option, underscores in the variable); a value must match its default's kind
+#                        (a number stays a number, true/false stays true/false); --help prints the
+#                        calling script's header comment and the current values.
+#   log MSG...           a timestamped line on stderr; die MSG... logs and exits 1.
+#   run CMD...           logs the command line (shell-quoted), then runs it.
+#   stage_selected N     true when --stage <= N <= --stop-stage.
+#   begin_stage N TITLE DIR SIGNATURE [resumable]
+#                        decides whether stage N, whose outputs are all in DIR, runs. False (skip) when
+#                        N is not selected, or DIR/.done exists and records the same SIGNATURE (a text
+#                        of the settings and upstream stamps the outputs depend on). Otherwise it
+#                        empties DIR and returns true; a `resumable` stage that crashed with the same
+#                        SIGNATURE keeps DIR, for commands that resume (training). --force true always
+#                        empties DIR and reruns a selected stage.
+#   end_stage DIR        writes DIR/.done (the stage's last act, after validating its outputs).
+#   stamp DIR            the id of DIR/.done, for the signature of the stages that use DIR's output:
+#                        a stage redone upstream makes the stages downstream of it stale.
+#   need_done DIR WHAT   dies unless DIR/.done exists (an earlier stage that was not selected).
+#   need_files FILE...   dies unless each FILE exists and is not empty (output validation).
+#
+# W2VTK is the w2vtk command (default: this repository's .venv/bin/w2vtk) and W2VTK_PYTHON the Python
+# that has w2vtk installed (default: .venv/bin/python), so recipes run from any directory.
+# LC_ALL=C keeps sorting byte-wise; PYTHONUNBUFFERED=1 keeps Python's logs in order.
+
+export LC_ALL=C
+export PYTHONUNBUFFERED=1
+
+W2VTK_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+W2VTK=${W2VTK:-$W2VTK_ROOT/.venv/bin/w2vtk}
+W2VTK_PYTHON=${W2VTK_PYTHON:-$W2VTK_ROOT/.venv/bin/python}  # for the recipes' local/*.py helpers
+_script_name=$(basename "$(cd "$(dirname "$0")" && pwd)")/$(basename "$0")
+
+log() {
+  printf '%s [%s] %s\n' "$(date '+%F %T')" "$_script_name" "$*" >&2
+}
+
+die() {
+  log "error: $*"
+  exit 1
+}
+
+run() {
+  log "\$ $(printf '%q ' "$@")"
+  "$@"
+}
+
+# A w2vtk subcommand, through $W2VTK.
+w2vtk() {
+  [ -x "$W2VTK" ] || die "w2vtk not found at $W2VTK: run 'bash bin/setup.sh' in $W2VTK_ROOT, or set W2VTK"
+  run "$W2VTK" "$@"
+}
+
+_usage() {
+  # The calling script's header: the comment block after the shebang line.
+  awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
+  echo
+  echo "Current values:"
+  local name
+  for name in "${options[@]}"; do
+    printf '  --%-16s %s\n' "${name//_/-}" "${!name}"
+  done
+}
+
+_is_option() {
+  local name
+  for name in "${options[@]}"; do
+    [ "$name" = "$1" ] && return 0
+  done
+  return 1
+}
+
+# Checks VALUE against the kind of the option's default value.
+_check_value() {
+  local flag=$1 default=$2 value=$3
+  case $default in
+    true|false)
+      [[ $value == true || $value == false ]] || die "$flag takes true or false, not '$value'" ;;
+    *)
+      if [[ $default =~ ^[0-9]+$ ]] && ! [[ $value =~ ^[0-9]+$ ]]; then
+        die "$flag takes a whole number, not '$value'"
+      fi ;;
+  esac
+}
+
+parse_options() {
+  [ "${options+set}" = set ] || die "parse_options: the script sets no 'options' array"
+  local flag name value command_line
+  command_line=$(printf '%q ' "$0" "$@")
+  while [ $# -gt 0 ]; do
+    case $1 in
+      -h|--help) _usage; exit 0 ;;
+      --*=*) flag=${1%%=*}; value=${1#*=}; shift ;;
+      --*)
+        flag=$1
+        [ $# -ge 2 ] || die "$flag needs a value (see --help)"
+        value=$2; shift 2 ;;
+      *) die "unexpected argument '$1': options are --name value (see --help)" ;;
+    esac
+    name=${flag#--}; name=${name//-/_}
+    _is_option "$name" || die "unknown option $flag (see --help)"
+    _check_value "$flag" "${!name}" "$value"
+    printf -v "$name" '%s' "$value"
+  done
+  log "$command_line"
+}
+
+stage_selected() {
+  [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]
+}
+
+# Absolute path of a file or folder that may not exist yet (for signatures and messages).
+abspath() {
+  case $1 in
+    /*) printf '%s\n' "$1" ;;
+    *) printf '%s\n' "$PWD/${1#./}" ;;
+  esac
+}
+
+begin_stage() {
+  local n=$1 title=$2 dir=$3 signature=$4 resumable=${5:-}
+  [[ -n $dir && $dir != / ]] || die "begin_stage $n: no output folder"
+  stage_selected "$n" || return 1
+  if [ -f "$dir/.done" ] && [ "${force:-false}" != true ]; then
+    if [ "$(grep -v '^id=' "$dir/.done")" = "$signature" ]; then
+      log "Stage $n: $title: done already ($dir/.done); --force true redoes it"
+      return 1
+    fi
+    log "Stage $n: $title: its inputs or settings changed since it was done; redoing it"
+    diff <(grep -v '^id=' "$dir/.done") <(printf '%s\n' "$signature") \
+      | sed -n 's/^< /  was: /p; s/^> /  now: /p' >&2 || true
+  fi
+  if [ "$resumable" = resumable ] && [ ! -f "$dir/.done" ] && [ "${force:-false}" != true ] \
+     && [ -f "$dir/.running" ] && [ "$(cat "$dir/.running")" = "$signature" ]; then
+    log "Stage $n: $title (resuming an interrupted run in $dir)"
+  else
+    rm -rf "$dir"
+    log "Stage $n: $title"
+  fi
+  mkdir -p "$dir"
+  printf '%s\n' "$signature" > "$dir/.running"
+  return 0
+}
+
+end_stage() {
+  local dir=$1
+  [ -f "$dir/.running" ] || die "end_stage $dir: the stage was not begun"
+  # The id changes whenever the stage is redone, so stages that recorded it see they are stale.
+  { cat "$dir/.running"; printf 'id=%s-%s\n' "$(date +%s)" "$RANDOM$RANDOM"; } > "$dir/.done.tmp"
+  mv -f "$dir/.done.tmp" "$dir/.done"
+  rm -f "$dir/.running"
+}
+
+stamp() {
+  [ -f "$1/.done" ] || { echo "not-done"; return 0; }
+  grep '^id=' "$1/.done" || echo "no-id"
+}
+
+need_done() {
+  [ -f "$1/.done" ] || die "$2 is missing ($1/.done): run its stage first (see --stage)"
+}
+
+need_files() {
+  local f
+  for f in "$@"; do
+    [ -s "$f" ] || die "expected output $f is missing or empty"
+  done
+}

@@ -1,0 +1,165 @@
+"""A recipe's results: the error rates `w2vtk decode` left under EXP/decode/ gathered into
+EXP/RESULTS.md (a table) and EXP/results.json.
+
+Layout read (the recipes write it):
+  EXP/decode/<model>/<subset>/<decoding>/wer.json   one `w2vtk decode` run, e.g.
+                                                    decode/pretrained/test-clean/4gram/wer.json
+  EXP/decode/<model>/<tuning>.json                  optional: LM weights found by `w2vtk tune-lm`
+  EXP/**/*.png                                      training curves, linked from RESULTS.md
+
+<model> names a fine-tuned model (e.g. `pretrained`, `scratch`), <decoding> a way of decoding it
+(e.g. `greedy`, `4gram`). The table has a row per subset and a column per model and decoding.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from w2vtk.errors import W2vtkError
+from w2vtk.fileio import atomic_write_text
+
+RESULTS_MD = "RESULTS.md"
+RESULTS_JSON = "results.json"
+SCORE_FILE = "wer.json"
+METRICS = ("wer", "per", "cer", "uer")
+# Columns: greedy (no LM) first, then the LM decodings by name.
+FIRST_DECODINGS = ("greedy",)
+
+
+class ResultsError(W2vtkError):
+    """No decoding results where the recipe layout says they should be, or an unreadable score file."""
+
+
+@dataclass(frozen=True)
+class Score:
+    """One decoding of one subset by one model; `summary` is its wer.json."""
+
+    model: str
+    subset: str
+    decoding: str
+    metric: str
+    summary: dict
+
+    @property
+    def rate(self) -> float | None:
+        return self.summary.get(self.metric)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ResultsError(f"{path}: unreadable ({e}); rerun the decoding that wrote it") from None
+    if not isinstance(data, dict):
+        raise ResultsError(f"{path}: expected a JSON object; rerun the decoding that wrote it")
+    return data
+
+
+def read_score(path: Path, model: str, subset: str, decoding: str) -> Score:
+    summary = _read_json(path)
+    metric = next((m for m in METRICS if m in summary), None)
+    if metric is None:
+        raise ResultsError(f"{path}: no error rate in it (expected one of {', '.join(METRICS)})")
+    return Score(model, subset, decoding, metric, summary)
+
+
+def collect_scores(exp_dir: str | os.PathLike) -> list[Score]:
+    """Every EXP/decode/<model>/<subset>/<decoding>/wer.json, sorted by model, subset, decoding."""
+    decode_dir = Path(exp_dir) / "decode"
+    scores = [read_score(p, *p.relative_to(decode_dir).parts[:3])
+              for p in sorted(decode_dir.glob(f"*/*/*/{SCORE_FILE}"))]
+    if not scores:
+        raise ResultsError(f"{decode_dir}: no <model>/<subset>/<decoding>/{SCORE_FILE} files; "
+                           "run the recipe's decoding stage first")
+    metrics = {s.metric for s in scores}
+    if len(metrics) > 1:
+        raise ResultsError(f"{decode_dir}: mixed error rates ({', '.join(sorted(metrics))}) in one table")
+    return scores
+
+
+def collect_tuning(exp_dir: str | os.PathLike) -> dict[str, dict[str, dict]]:
+    """{model: {tuning file stem: its JSON}} for the EXP/decode/<model>/*.json files."""
+    out: dict[str, dict[str, dict]] = {}
+    for path in sorted((Path(exp_dir) / "decode").glob("*/*.json")):
+        out.setdefault(path.parent.name, {})[path.stem] = _read_json(path)
+    return out
+
+
+def _columns(scores: list[Score]) -> list[tuple[str, str]]:
+    def order(decoding: str) -> tuple[int, str]:
+        return (FIRST_DECODINGS.index(decoding) if decoding in FIRST_DECODINGS else len(FIRST_DECODINGS), decoding)
+
+    models = sorted({s.model for s in scores})
+    return [(m, d) for m in models for d in sorted({s.decoding for s in scores if s.model == m}, key=order)]
+
+
+def _cell(score: Score | None) -> str:
+    if score is None:
+        return "-"
+    if score.rate is None:
+        return "n/a"
+    return f"{score.rate:.2f}"
+
+
+def results_table(scores: list[Score]) -> str:
+    """A Markdown table: a row per subset, a column per (model, decoding); cells are error rates in %."""
+    by_key = {(s.subset, s.model, s.decoding): s for s in scores}
+    columns = _columns(scores)
+    subsets = sorted({s.subset for s in scores})
+    metric = scores[0].metric.upper()
+    lines = ["| subset | " + " | ".join(f"{m}, {d}" for m, d in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for subset in subsets:
+        cells = [_cell(by_key.get((subset, m, d))) for m, d in columns]
+        lines.append(f"| {subset} | " + " | ".join(cells) + " |")
+    return f"{metric} (%)\n\n" + "\n".join(lines) + "\n"
+
+
+def _tuning_lines(tuning: dict[str, dict[str, dict]]) -> list[str]:
+    lines = []
+    for model, files in tuning.items():
+        for stem, values in files.items():
+            shown = ", ".join(f"{k} {v}" for k, v in values.items() if isinstance(v, (int, float, str)))
+            lines.append(f"- {model} ({stem}): {shown}")
+    return lines
+
+
+def _plots(exp_dir: Path) -> list[str]:
+    return sorted(p.relative_to(exp_dir).as_posix() for p in exp_dir.rglob("*.png"))
+
+
+def write_results(exp_dir: str | os.PathLike, title: str | None = None, notes: str | None = None
+                  ) -> tuple[Path, Path]:
+    """Write EXP/RESULTS.md and EXP/results.json from the decodings under EXP/decode/.
+
+    `notes` (Markdown) goes under the title, e.g. how the corpus and models were made."""
+    exp_dir = Path(exp_dir)
+    scores = collect_scores(exp_dir)
+    tuning = collect_tuning(exp_dir)
+    plots = _plots(exp_dir)
+    md = [f"# {title or 'Results: ' + exp_dir.resolve().name}", ""]
+    if notes:
+        md += [notes.strip(), ""]
+    md += [results_table(scores)]
+    md += ["Rows are subsets; columns are the fine-tuned model and how it was decoded "
+           "(greedy: best path, no LM). Details per decoding: decode/<model>/<subset>/<decoding>/.", ""]
+    tuned = _tuning_lines(tuning)
+    if tuned:
+        md += ["LM weights tuned on a dev set:", "", *tuned, ""]
+    if plots:
+        md += ["## Training curves", ""] + [f"![{p}]({quote(p)})" for p in plots] + [""]
+    data = {
+        "metric": scores[0].metric,
+        "results": {},
+        "tuning": tuning,
+        "plots": plots,
+    }
+    for s in scores:
+        data["results"].setdefault(s.model, {}).setdefault(s.subset, {})[s.decoding] = s.summary
+    md_path, json_path = exp_dir / RESULTS_MD, exp_dir / RESULTS_JSON
+    atomic_write_text(json_path, json.dumps(data, indent=2) + "\n")
+    atomic_write_text(md_path, "\n".join(md))
+    return md_path, json_path
