@@ -53,14 +53,14 @@ def transcript_to_letters(text: str) -> str:
     upper-cased); anything else raises TranscriptError naming the character, so that a caller can
     add the file and line.
     """
-    words = text.upper().split()
     out: list[str] = []
-    for w in words:
-        if not _LETTER_WORD.match(w):
-            bad = next(c for c in w if not ("A" <= c <= "Z" or c == "'"))
+    for w in text.split():
+        upper = w.upper()
+        if not _LETTER_WORD.match(upper) or len(upper) != len(w):
+            bad = next(c for c in w if not ("A" <= c.upper() <= "Z" or c == "'") or len(c.upper()) > 1)
             raise TranscriptError(f"character {bad!r} is outside the letter vocabulary "
-                                  "(upper-case A-Z and apostrophe)")
-        out.extend(w)
+                                  "(A-Z and apostrophe)")
+        out.extend(upper)
         out.append(WORD_SEPARATOR)
     return " ".join(out)
 

@@ -68,7 +68,7 @@ def _read_transcript(path: Path, seen: dict[str, str]) -> dict[str, str]:
         if not text:
             continue
         utt, _, words = text.partition(" ")
-        words = " ".join(words.upper().split())
+        words = " ".join(words.split())
         if not words:
             raise W2vtkError(f"{path} line {n}: utterance {utt} has no transcript; expected "
                              "`<utt-id> TRANSCRIPT`")
@@ -78,7 +78,7 @@ def _read_transcript(path: Path, seen: dict[str, str]) -> dict[str, str]:
             transcript_to_letters(words)
         except TranscriptError as e:
             raise W2vtkError(f"{path} line {n}: {e}; fix the transcript") from None
-        out[utt] = words
+        out[utt] = words.upper()
     return out
 
 
