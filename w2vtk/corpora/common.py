@@ -87,8 +87,10 @@ def read_headers(paths: Sequence[str], jobs: int = 1, desc: str = "audio headers
                  ) -> list[tuple[int | None, str | None]]:
     """(num_samples, None) or (None, error message) for every path, in order.
 
-    jobs > 1 spreads the reads over worker processes: threads were measured slower than a plain
-    loop here, as the Python side of each read holds the GIL.
+    jobs > 1 spreads the reads over worker processes. Measured on 3000 FLAC files: soundfile.info
+    in 2-4 threads ran 2x slower than a plain loop (the GIL), while processes also parallelise the
+    libsndfile fallback (WAV); with a cold page cache, 2-4 processes read FLAC headers 1.5-2x
+    faster than one.
     """
     progress = dict(total=len(paths), desc=desc, unit="file", disable=None, leave=False)
     if jobs <= 1 or len(paths) < 2 * jobs:
