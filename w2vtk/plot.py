@@ -98,7 +98,8 @@ def read_training_log(exp_dir: str | os.PathLike, name: str | None = None) -> Tr
     return TrainingLog(name or exp_dir.resolve().name, train, valid)
 
 
-def _panels(runs: Sequence[TrainingLog]) -> list[tuple[str, list[str]]]:
+def panels_for(runs: Sequence[TrainingLog]) -> list[tuple[str, list[str]]]:
+    """(title, keys present) of the PANELS that at least one of `runs` logged, in PANELS order."""
     present = set().union(*(r.keys() for r in runs))
     return [(title, [k for k in keys if k in present]) for title, keys in PANELS if present & set(keys)]
 
@@ -110,16 +111,17 @@ def plot_training(runs: Sequence[TrainingLog], out: str | os.PathLike, title: st
 
     matplotlib.use("Agg")  # files only; no display needed
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     if not runs:
         raise PlotError("no training logs to plot")
-    panels = _panels(runs)
+    panels = panels_for(runs)
     if not panels:
         raise PlotError(f"{runs[0].name}: the log holds none of the plotted quantities "
                         f"({', '.join(k for _, keys in PANELS for k in keys)})")
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.0 * ncols, 3.4 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.0 * ncols, 3.5 * nrows), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     several = len(runs) > 1
     for ax, (panel, keys) in zip(axes.flat, panels):
@@ -135,6 +137,7 @@ def plot_training(runs: Sequence[TrainingLog], out: str | os.PathLike, title: st
                             linewidth=1.0, label=f"{label} (valid)")
         ax.set_title(panel)
         ax.set_xlabel("update")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if len(ax.get_lines()) > 1:  # a single line needs no legend: the title names it
             ax.legend(fontsize="small")

@@ -1,0 +1,103 @@
+"""RESULTS.md and results.json from a recipe's decode/<model>/<subset>/<decoding>/wer.json files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from w2vtk.cli import main
+from w2vtk.results import ResultsError, collect_scores, results_table, write_results
+from w2vtk.scoring import ErrorCounts, summary_dict
+
+
+def _score(exp: Path, model: str, subset: str, decoding: str, errors: int, tokens: int = 200,
+           metric: str = "wer") -> None:
+    out = exp / "decode" / model / subset / decoding
+    out.mkdir(parents=True)
+    # The summary `w2vtk decode` writes (w2vtk.scoring.summary_dict).
+    counts = ErrorCounts(ref_tokens=tokens, sub=errors, sentences=10, sentence_errors=min(errors, 10))
+    (out / "wer.json").write_text(json.dumps(summary_dict(counts, metric)))
+
+
+@pytest.fixture
+def exp(tmp_path) -> Path:
+    exp = tmp_path / "exp"
+    for model, greedy, lm in (("pretrained", 60, 30), ("scratch", 180, 150)):
+        for subset, extra in (("dev-clean", 0), ("test-clean", 4)):
+            _score(exp, model, subset, "greedy", greedy + extra)
+            _score(exp, model, subset, "4gram", lm + extra)
+        (exp / "decode" / model / "lm_weights.json").write_text(json.dumps({"lm_weight": 1.5, "word_score": -0.5}))
+    (exp / "plots").mkdir()
+    (exp / "plots" / "finetune.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    return exp
+
+
+def test_table_rows_and_columns(exp):
+    table = results_table(collect_scores(exp))
+    lines = table.splitlines()
+    assert lines[0] == "WER (%)"
+    assert lines[2] == ("| subset | pretrained, greedy | pretrained, 4gram | scratch, greedy | scratch, 4gram |")
+    assert lines[4] == "| dev-clean | 30.00 | 15.00 | 90.00 | 75.00 |"
+    assert lines[5] == "| test-clean | 32.00 | 17.00 | 92.00 | 77.00 |"
+
+
+def test_write_results(exp):
+    md, js = write_results(exp, title="LibriSpeech tiny", notes="A synthesized corpus.")
+    text = md.read_text()
+    assert text.startswith("# LibriSpeech tiny\n\nA synthesized corpus.\n")
+    assert "| test-clean | 32.00 | 17.00 | 92.00 | 77.00 |" in text
+    assert "- pretrained (lm_weights): lm_weight 1.5, word_score -0.5" in text
+    assert "![plots/finetune.png](plots/finetune.png)" in text
+    data = json.loads(js.read_text())
+    assert data["metric"] == "wer"
+    assert data["results"]["scratch"]["test-clean"]["4gram"]["wer"] == 77.0
+    assert data["tuning"]["pretrained"]["lm_weights"] == {"lm_weight": 1.5, "word_score": -0.5}
+    assert data["plots"] == ["plots/finetune.png"]
+
+
+def test_missing_cells_and_phone_error_rates(tmp_path):
+    exp = tmp_path / "timit"
+    _score(exp, "pretrained", "dev", "greedy", 20, metric="per")
+    _score(exp, "pretrained", "test", "greedy", 25, metric="per")
+    _score(exp, "pretrained", "test", "phone-lm", 22, metric="per")
+    table = results_table(collect_scores(exp))
+    assert table.startswith("PER (%)")
+    assert "| dev | 10.00 | - |" in table and "| test | 12.50 | 11.00 |" in table
+
+
+def test_no_decodings(tmp_path):
+    with pytest.raises(ResultsError, match="run the recipe's decoding stage"):
+        collect_scores(tmp_path)
+
+
+def test_unreadable_or_rateless_score(tmp_path):
+    out = tmp_path / "decode" / "m" / "dev" / "greedy"
+    out.mkdir(parents=True)
+    (out / "wer.json").write_text("{truncated")
+    with pytest.raises(ResultsError, match=r"wer\.json: unreadable"):
+        collect_scores(tmp_path)
+    (out / "wer.json").write_text(json.dumps({"errors": 3}))
+    with pytest.raises(ResultsError, match="no error rate"):
+        collect_scores(tmp_path)
+
+
+def test_mixed_metrics_refused(tmp_path):
+    _score(tmp_path, "m", "dev", "greedy", 3, metric="wer")
+    _score(tmp_path, "m", "test", "greedy", 3, metric="per")
+    with pytest.raises(ResultsError, match="mixed error rates"):
+        collect_scores(tmp_path)
+
+
+def test_cli(exp, tmp_path):
+    notes = tmp_path / "notes.md"
+    notes.write_text("Made by the test.\n")
+    result = CliRunner().invoke(main, ["results", str(exp), "--notes", str(notes)])
+    assert result.exit_code == 0, result.output
+    assert "| dev-clean | 30.00 | 15.00 | 90.00 | 75.00 |" in result.output
+    assert (exp / "RESULTS.md").read_text().startswith("# Results: exp\n\nMade by the test.")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(main, ["results", str(empty)])
+    assert result.exit_code == 2 and result.output.startswith("error: ")
