@@ -13,13 +13,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from reference_models import (ctc_symbols, fairseq_finetuned_checkpoint, fairseq_pretrain_checkpoint, hf_model,
-                              save_hf, speech_waveforms, write_fairseq_dict)
+from reference_models import (ctc_symbols, fairseq_finetuned_checkpoint, fairseq_pretrain_checkpoint, hf_config,
+                              hf_model, randomize_, save_hf, speech_waveforms, write_fairseq_dict)
 from w2vtk.checkpoint import CheckpointError, load_checkpoint
 from w2vtk.cli import main
 from w2vtk.convert import import_weights
 from w2vtk.convert.safetensors import read_safetensors, write_safetensors
 from w2vtk.model import model_from_checkpoint
+from w2vtk.text import Vocabulary
 
 pytest.importorskip("transformers")
 TOL = 1e-4
@@ -75,9 +76,11 @@ def test_ctc_model_matches_transformers(style, pad, waveforms, tmp_path):
     symbols = ctc_symbols()
     symbols[0], symbols[pad] = symbols[pad], symbols[0]  # the pad (blank) symbol at index `pad`
     ckpt, model = _import(save_hf(hf, tmp_path / "hf", symbols), tmp_path / "ours.pt")
-    assert ckpt["vocab"][0] == "<pad>" and sorted(ckpt["vocab"]) == sorted(symbols) and ckpt["labels"] == "ltr"
+    # w2vtk's layout: blank first, named <s> as in fairseq; transformers' <s> (never emitted) fills <pad>
+    assert ckpt["vocab"] == ["<s>", "<pad>", "</s>", "<unk>"] + ctc_symbols()[4:] and ckpt["labels"] == "ltr"
+    Vocabulary.from_list(ckpt["vocab"], ckpt["labels"])
     assert model.quantizer is None
-    order = [symbols.index(s) for s in ckpt["vocab"]]  # our output i is transformers' output order[i]
+    order = [symbols.index(s) for s in ["<pad>", "<s>", "</s>", "<unk>"] + ckpt["vocab"][4:]]
     for wav in waveforms:
         x = torch.from_numpy(wav)[None]
         with torch.no_grad():
@@ -85,6 +88,23 @@ def test_ctc_model_matches_transformers(style, pad, waveforms, tmp_path):
             logits, lengths = model.ctc_logits(x, torch.tensor([len(wav)]))
         assert _max_diff(logits, ref.logits[..., order]) < TOL
         assert lengths.tolist() == [ref.logits.shape[1]]
+
+
+def test_ctc_vocabulary_without_fairseq_specials_gets_silent_outputs(waveforms, tmp_path):
+    from transformers import Wav2Vec2ForCTC
+
+    torch.manual_seed(8)
+    symbols = ["|", "A", "<pad>", "B", "<unk>", "C"]
+    hf = Wav2Vec2ForCTC(hf_config("base", vocab_size=6, pad_token_id=2)).eval()
+    randomize_(hf, 8)
+    ckpt, model = _import(save_hf(hf, tmp_path / "hf", symbols), tmp_path / "ours.pt")
+    assert ckpt["vocab"] == ["<s>", "<pad>", "</s>", "<unk>", "|", "A", "B", "C"]
+    x = torch.from_numpy(waveforms[0])[None]
+    with torch.no_grad():
+        logits = model.ctc_logits(x)[0]
+        ref = hf(x).logits
+    assert _max_diff(logits[..., [0, 3, 4, 5, 6, 7]], ref[..., [2, 4, 0, 1, 3, 5]]) < TOL
+    assert (logits[..., 1:3].max(-1).values < logits.max(-1).values - 1000).all()  # <pad>, </s>: never chosen
 
 
 @pytest.mark.parametrize("kind,style", [("pretrain", "base"), ("ctc", "large")])
@@ -145,6 +165,18 @@ def test_old_weight_norm_names_and_pytorch_bin_are_read(waveforms, tmp_path):
     torch.save(renamed, folder / "pytorch_model.bin")
     reference = import_weights(save_hf(hf, tmp_path / "hf2"))
     assert all(torch.equal(reference["model"][k], v) for k, v in import_weights(folder)["model"].items())
+
+
+def test_model_saved_without_mask_embedding_imports(tmp_path):
+    from transformers import Wav2Vec2ForCTC
+
+    config = hf_config("base", vocab_size=12)
+    config.mask_time_prob = 0.0  # transformers then has no masked_spec_embed
+    hf = Wav2Vec2ForCTC(config)
+    folder = save_hf(hf, tmp_path / "hf", ctc_symbols())
+    assert "wav2vec2.masked_spec_embed" not in read_safetensors(folder / "model.safetensors")
+    ckpt = import_weights(folder)
+    assert ckpt["model"]["mask_emb"].shape == (48,)
 
 
 def test_transformers_options_we_do_not_implement_are_named(tmp_path):

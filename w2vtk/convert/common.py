@@ -9,6 +9,7 @@ from torch import Tensor
 from w2vtk.checkpoint import CheckpointError
 from w2vtk.model import ModelConfig, build_model
 from w2vtk.model.wav2vec2 import load_state_dict_strict
+from w2vtk.text import SPECIAL_SYMBOLS
 
 _QKV = re.compile(r"^(encoder\.layers\.\d+\.self_attn\.)in_proj\.(weight|bias)$")
 _SPLIT = re.compile(r"^(encoder\.layers\.\d+\.self_attn\.)([qkv])_proj\.(weight|bias)$")
@@ -68,15 +69,37 @@ def check_fits(cfg: ModelConfig, state: dict[str, Tensor], where: str) -> None:
     load_state_dict_strict(model, {k: v.to("meta") for k, v in state.items()}, where)
 
 
-def move_blank_first(state: dict[str, Tensor], vocab: list[str], blank: int) -> tuple[dict[str, Tensor], list[str]]:
-    """Reorder the CTC head's outputs so that the blank symbol is index 0 (w2vtk's convention)."""
-    if blank == 0:
-        return state, vocab
-    order = [blank] + [i for i in range(len(vocab)) if i != blank]
-    state = dict(state)
-    for kind in ("weight", "bias"):
-        state[f"ctc_head.{kind}"] = state[f"ctc_head.{kind}"][order].clone()
-    return state, [vocab[i] for i in order]
+def canonical_ctc_order(symbols: list[str], blank: int) -> tuple[list[int | None], list[str]]:
+    """Reorder a CTC vocabulary into w2vtk's layout: the blank at index 0 named `<s>` (fairseq's), then
+    `<pad>`, `</s>`, `<unk>`, then the other symbols in their order.
+
+    Returns, for each of our outputs, the source output it takes (None: a special the source lacks,
+    which gets a never-winning logit), and our symbol names. transformers' blank is its pad token;
+    its own `<s>` (never emitted by CTC) fills our `<pad>` slot.
+    """
+    used = {blank}
+    slots: dict[str, int | None] = {}
+    for name in SPECIAL_SYMBOLS[1:]:
+        exact = [i for i, s in enumerate(symbols) if s == name and i not in used]
+        slots[name] = exact[0] if exact else None
+        used.update(exact[:1])
+    spare = [i for i, s in enumerate(symbols) if s in SPECIAL_SYMBOLS and i not in used]
+    for name in [n for n, i in slots.items() if i is None]:
+        if spare:
+            slots[name] = spare.pop(0)
+            used.add(slots[name])
+    order: list[int | None] = [blank] + list(slots.values())
+    rest = [i for i in range(len(symbols)) if i not in used]
+    return order + rest, SPECIAL_SYMBOLS + [symbols[i] for i in rest]
+
+
+def reorder_ctc_head(state: dict[str, Tensor], order: list[int | None]) -> dict[str, Tensor]:
+    """The CTC head's output rows in `order`; None rows get zero weights and a bias that never wins."""
+    weight, bias = state["ctc_head.weight"], state["ctc_head.bias"]
+    floor = float(bias.min()) - 1e4
+    rows_w = [weight[i] if i is not None else torch.zeros_like(weight[0]) for i in order]
+    rows_b = [bias[i] if i is not None else torch.tensor(floor, dtype=bias.dtype) for i in order]
+    return {**state, "ctc_head.weight": torch.stack(rows_w), "ctc_head.bias": torch.stack(rows_b)}
 
 
 def labels_kind(vocab: list[str]) -> str:

@@ -20,11 +20,12 @@ import torch
 from torch import Tensor
 
 from w2vtk.checkpoint import CheckpointError
-from w2vtk.convert.common import (check_fits, fuse_qkv, labels_kind, model_shapes, move_blank_first, rename,
-                                  split_qkv)
+from w2vtk.convert.common import (canonical_ctc_order, check_fits, fuse_qkv, labels_kind, model_shapes, rename,
+                                  reorder_ctc_head, split_qkv)
 from w2vtk.convert.safetensors import read_safetensors, write_safetensors
 from w2vtk.fileio import atomic_write_text
 from w2vtk.model import ModelConfig
+from w2vtk.text import SPECIAL_SYMBOLS, Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +155,8 @@ def config_to_hf(cfg: ModelConfig, vocab: list[str] | None) -> dict[str, Any]:
         vocab_size=cfg.vocab_size or HF_DEFAULTS["vocab_size"], pad_token_id=0,
         bos_token_id=None, eos_token_id=None,
     )
-    if vocab:
-        specials = {s: vocab.index(s) for s in ("<s>", "</s>") if s in vocab[1:]}
-        hf["bos_token_id"], hf["eos_token_id"] = specials.get("<s>"), specials.get("</s>")
+    if vocab and vocab[:4] == SPECIAL_SYMBOLS:
+        hf["bos_token_id"], hf["eos_token_id"] = 1, 2  # <s> and </s> in the exported vocab.json
     return hf
 
 
@@ -260,9 +260,11 @@ def import_hf(folder: str | os.PathLike) -> dict[str, Any]:
     vocab = labels = None
     if vocab_size:
         blank = int(hf.get("pad_token_id", 0) if hf.get("pad_token_id") is not None else 0)
-        vocab = _read_vocab(folder, vocab_size, blank)
-        ours, vocab = move_blank_first(ours, vocab, blank)
+        order, vocab = canonical_ctc_order(_read_vocab(folder, vocab_size, blank), blank)
+        ours = reorder_ctc_head(ours, order)
+        cfg = cfg.replace(vocab_size=len(vocab))
         labels = labels_kind(vocab)
+        Vocabulary(vocab, labels)  # the layout decoding expects
     return {"kind": "import", "model_config": cfg.to_dict(), "model": ours, "vocab": vocab, "labels": labels}
 
 
@@ -286,11 +288,15 @@ def export_hf(cfg: ModelConfig, state: dict[str, Tensor], vocab: list[str] | Non
         "return_attention_mask": cfg.extractor_mode == "layer_norm",
     }, indent=2, sort_keys=True) + "\n")
     if vocab:
+        hf_vocab = list(vocab)
+        if hf_vocab[:2] == SPECIAL_SYMBOLS[:2]:
+            # transformers' CTC blank is its pad token: output 0 is called <pad> there, <s> here
+            hf_vocab[:2] = ["<pad>", "<s>"]
         atomic_write_text(out_dir / "vocab.json",
-                          json.dumps({s: i for i, s in enumerate(vocab)}, indent=2, ensure_ascii=False) + "\n")
-        tokenizer = {"tokenizer_class": "Wav2Vec2CTCTokenizer", "pad_token": vocab[0],
-                     "word_delimiter_token": "|" if "|" in vocab else None,
-                     "unk_token": "<unk>" if "<unk>" in vocab else None,
-                     "bos_token": "<s>" if "<s>" in vocab[1:] else None,
-                     "eos_token": "</s>" if "</s>" in vocab[1:] else None, "do_lower_case": False}
+                          json.dumps({s: i for i, s in enumerate(hf_vocab)}, indent=2, ensure_ascii=False) + "\n")
+        tokenizer = {"tokenizer_class": "Wav2Vec2CTCTokenizer", "pad_token": hf_vocab[0],
+                     "word_delimiter_token": "|" if "|" in hf_vocab else None,
+                     "unk_token": "<unk>" if "<unk>" in hf_vocab else None,
+                     "bos_token": "<s>" if "<s>" in hf_vocab[1:] else None,
+                     "eos_token": "</s>" if "</s>" in hf_vocab[1:] else None, "do_lower_case": False}
         atomic_write_text(out_dir / "tokenizer_config.json", json.dumps(tokenizer, indent=2, sort_keys=True) + "\n")
