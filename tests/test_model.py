@@ -231,6 +231,10 @@ def test_given_gumbel_noise_decides_the_training_codes():
     a, b = model.quantize(feats, gumbel_noise=noise), model.quantize(feats, gumbel_noise=noise)
     assert torch.equal(a.codes, (logits + noise).argmax(-1)) and torch.equal(a.q, b.q)
     assert not torch.equal(a.codes, logits.argmax(-1))
+    # code perplexity counts the noise-free choices (fairseq), here every frame's argmax
+    counts = torch.stack([torch.bincount(logits.argmax(-1)[..., g].flatten(), minlength=8) for g in range(2)]) / 24
+    expected = torch.exp(-(counts * torch.log(counts + 1e-7)).sum(-1)).sum()
+    assert torch.allclose(a.code_perplexity, expected)
 
 
 def test_quantizer_runs_in_fp32_under_autocast():

@@ -16,8 +16,9 @@ from torch import Tensor, nn
 @dataclass
 class QuantizerOutput:
     """q: (..., final_dim) after project_q (the model's output) or (..., codevector_dim) from the
-    quantizer alone; codes: (..., G) long; prob_perplexity, code_perplexity: scalars;
-    avg_probs: (G, V) softmax averaged over frames (no Gumbel noise, no temperature)."""
+    quantizer alone; codes: (..., G) long, the entries q is made of; prob_perplexity: from avg_probs;
+    code_perplexity: from the frequencies of the noise-free argmax entries; avg_probs: (G, V) softmax
+    averaged over frames (no Gumbel noise, no temperature)."""
 
     q: Tensor
     codes: Tensor
@@ -61,8 +62,9 @@ class GumbelVectorQuantizer(nn.Module):
                 onehot = hard - soft.detach() + soft  # straight-through: hard forward, soft gradient
             else:
                 onehot = F.one_hot(logits.argmax(-1), self.num_vars).to(logits.dtype)
-            codes = onehot.detach().argmax(-1)  # (N, G)
-            code_probs = onehot.detach().mean(0)
+            codes = onehot.detach().argmax(-1)  # (N, G), the entries used (sampled in training)
+            # fairseq's code perplexity counts the noise-free argmax, in training as in evaluation
+            code_probs = F.one_hot(logits.detach().argmax(-1), self.num_vars).to(logits.dtype).mean(0)
             # one-hot (N, G, V) x codebooks (G, V, d): a lookup whose gradient still reaches the logits
             # (straight-through) and the codebooks.
             book = self.codevectors.float().view(self.groups, self.num_vars, -1)
