@@ -1,12 +1,23 @@
 """CTC decoders on synthetic log-probabilities made from known transcripts, with real KenLM models."""
 from __future__ import annotations
 
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
+from click.testing import CliRunner
+
+from w2vtk.cli import main
 
 from w2vtk.decoding import DecoderOptions, DecoderPool, DecodingError, decode_batch, make_decoder
 from w2vtk.decoding.greedy import greedy_ids
 from w2vtk.lm import LanguageModelError, train_lm, write_lexicon
+from w2vtk.scoring import read_trn
 from w2vtk.text import LETTERS, SPECIAL_SYMBOLS, Vocabulary, transcript_to_letters
 
 LTR = Vocabulary(SPECIAL_SYMBOLS + ["|"] + LETTERS, "ltr")
@@ -165,3 +176,169 @@ def test_truncated_lm_is_reported_from_worker_processes(lm_files, tmp_path, jobs
                              lexicon=str(lm_files / "lexicon.txt"))
     with pytest.raises(LanguageModelError, match=r"cut\.arpa: .*truncated"):
         decode_batch([lp, lp], LTR, options, jobs=jobs)
+
+
+# ------------------------------------------------------------------ end to end with a checkpoint and real audio
+
+W2VTK = str(Path(sys.executable).parent / "w2vtk")
+
+
+def _small_cfg(vocab_size: int):
+    from w2vtk.model import tiny_config
+
+    return tiny_config(conv_layers=[[32, 10, 5]] + [[32, 3, 2]] * 4 + [[32, 2, 2]] * 2, encoder_embed_dim=32,
+                       encoder_layers=2, encoder_ffn_embed_dim=64, encoder_attention_heads=2, conv_pos=8,
+                       conv_pos_groups=4, final_dim=16, latent_vars=0, vocab_size=vocab_size)
+
+
+def write_finetuned(path: Path, vocab: Vocabulary, blank_only: bool = False) -> Path:
+    """A fine-tuned checkpoint as `w2vtk finetune` writes it. Random weights; `blank_only` makes the CTC
+    head emit the blank on every frame (an empty transcript for every utterance)."""
+    from w2vtk.checkpoint import save_checkpoint
+    from w2vtk.model import build_model
+
+    torch.manual_seed(0)
+    cfg = _small_cfg(len(vocab))
+    model = build_model(cfg)
+    if blank_only:
+        with torch.no_grad():
+            model.ctc_head.weight.zero_()
+            model.ctc_head.bias.zero_()
+            model.ctc_head.bias[0] = 5.0
+    save_checkpoint(path, {"kind": "finetune", "model_config": cfg.to_dict(), "model": model.state_dict(),
+                           "vocab": vocab.to_list(), "labels": vocab.kind, "train_config": None})
+    return path
+
+
+@pytest.fixture(scope="module")
+def librispeech_setup(prepared_librispeech, synth_librispeech, tmp_path_factory):
+    d = tmp_path_factory.mktemp("decode_ls")
+    vocab = Vocabulary.from_dict_file(prepared_librispeech / "dict.ltr.txt", "ltr")
+    arpa = train_lm(synth_librispeech / "lm-text.txt", d / "lm.arpa", order=3, binary=d / "lm.bin")
+    write_lexicon(arpa, d / "lexicon.txt")
+    return {"data": prepared_librispeech, "vocab": vocab, "random": write_finetuned(d / "random.pt", vocab),
+            "blank": write_finetuned(d / "blank.pt", vocab, blank_only=True), "arpa": arpa, "bin": d / "lm.bin",
+            "lexicon": d / "lexicon.txt"}
+
+
+def test_logprobs_do_not_depend_on_batching(librispeech_setup):
+    from w2vtk.decode import compute_logprobs, load_acoustic_model
+    from w2vtk.manifest import read_manifest
+
+    am = load_acoustic_model(librispeech_setup["random"], device="cpu")
+    manifest = read_manifest(librispeech_setup["data"] / "dev-clean.tsv")
+    batched = compute_logprobs(am, manifest, batch_size=8, progress=False)
+    single = compute_logprobs(am, manifest, batch_size=1, progress=False)
+    assert len(batched) == len(manifest) >= 4
+    frames = am.model.frame_lengths(torch.tensor(manifest.sizes)).tolist()
+    for b, s, n in zip(batched, single, frames):
+        assert b.shape == s.shape == (n, len(am.vocab)) and b.dtype == np.float32
+        np.testing.assert_allclose(b, s, atol=2e-4)
+        np.testing.assert_allclose(np.exp(b).sum(axis=1), 1.0, atol=1e-4)
+
+
+def _sclite_counts(out: Path) -> tuple[int, ...]:
+    res = subprocess.run(["sctk", "sclite", "-r", str(out / "ref.trn"), "trn", "-h", str(out / "hyp.trn"), "trn",
+                          "-i", "spu_id", "-s", "-o", "rsum", "stdout"], capture_output=True, text=True, check=True)
+    m = re.search(r"\|\s*Sum\s*\|\s*(\d+)\s+(\d+)\s*\|\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", res.stdout)
+    return tuple(int(x) for x in m.groups())
+
+
+def test_decode_command_blank_model_deletes_every_word(librispeech_setup, tmp_path):
+    s = librispeech_setup
+    res = CliRunner().invoke(main, ["decode", "--checkpoint", str(s["blank"]), "--data", str(s["data"]),
+                                    "--subset", "dev-clean", "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "out" / "wer.json").read_text())
+    n_words = sum(len(line.split()) for line in (s["data"] / "dev-clean.wrd").read_text().splitlines())
+    assert summary["wer"] == 100.0 and summary["del"] == summary["errors"] == summary["ref_tokens"] == n_words
+    assert summary["decoding"] == {"decoder": "greedy"} and summary["subset"] == "dev-clean"
+    assert "WER 100.00%" in res.output and "dev-clean" in res.output
+    hyp = (tmp_path / "out" / "hyp.trn").read_text().splitlines()
+    assert all(line.startswith("(") for line in hyp)
+    assert len(hyp) == len((s["data"] / "dev-clean.wrd").read_text().splitlines())
+    assert "most frequent deletions" in (tmp_path / "out" / "errors.txt").read_text()
+
+
+def test_decode_with_lm_in_worker_processes_agrees_with_sclite(librispeech_setup, tmp_path):
+    s = librispeech_setup
+    out = tmp_path / "lm"
+    proc = subprocess.run([W2VTK, "decode", "--checkpoint", str(s["random"]), "--data", str(s["data"]),
+                           "--subset", "dev-clean", "--out", str(out), "--lm", str(s["bin"]), "--lexicon",
+                           str(s["lexicon"]), "--beam", "8", "--jobs", "2", "--word-score", "2"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "wer.json").read_text())
+    assert summary["decoding"]["decoder"] == "flashlight" and summary["decoding"]["beam"] == 8
+    words = {line.split("\t")[0] for line in s["lexicon"].read_text().splitlines()}
+    hyps = read_trn(out / "hyp.trn")
+    refs = read_trn(out / "ref.trn")
+    assert set(hyps) == set(refs) and any(hyps.values())
+    assert all(w in words for h in hyps.values() for w in h)  # a lexicon decoder only produces lexicon words
+    snt, wrd, corr, sub, dele, ins = _sclite_counts(out)
+    assert (wrd, sub, dele, ins) == (summary["ref_tokens"], summary["sub"], summary["del"], summary["ins"])
+
+
+def test_transcribe_matches_decode_and_reads_other_rates(librispeech_setup, tmp_path):
+    from w2vtk.audio import read_audio, write_audio
+    from w2vtk.manifest import read_manifest
+
+    s = librispeech_setup
+    out = tmp_path / "greedy"
+    res = CliRunner().invoke(main, ["decode", "--checkpoint", str(s["random"]), "--data", str(s["data"]),
+                                    "--subset", "dev-clean", "--out", str(out), "--batch-size", "3"])
+    assert res.exit_code == 0, res.output
+    hyps = read_trn(out / "hyp.trn")
+    manifest = read_manifest(s["data"] / "dev-clean.tsv")
+    files = [manifest.abspath(i) for i in range(2)]
+    wav8k = tmp_path / "eight.wav"
+    import torchaudio.functional as AF
+
+    audio = torch.from_numpy(read_audio(files[0]))
+    write_audio(wav8k, AF.resample(audio, 16000, 8000).numpy(), sample_rate=8000)
+    res = CliRunner().invoke(main, ["transcribe", "--checkpoint", str(s["random"]), *map(str, files), str(wav8k)])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.strip("\n").split("\n")
+    assert len(lines) == 3
+    for f, line in zip(files, lines):
+        path, text = line.split("\t")
+        assert path == str(f) and text.split() == hyps[f.stem]
+    assert lines[2].startswith(f"{wav8k}\t")
+
+
+def test_phone_model_is_scored_as_per_on_39_phones(prepared_timit, tmp_path):
+    from w2vtk.text import fold_to_39
+
+    vocab = Vocabulary.from_dict_file(prepared_timit / "dict.phn.txt", "phn")
+    ckpt = write_finetuned(tmp_path / "phn.pt", vocab, blank_only=True)
+    refs = [line.split() for line in (prepared_timit / "dev.phn").read_text().splitlines()]
+    for sil, flag in ((True, "--keep-sil"), (False, "--drop-sil")):
+        res = CliRunner().invoke(main, ["decode", "--checkpoint", str(ckpt), "--data", str(prepared_timit),
+                                        "--subset", "dev", "--out", str(tmp_path / flag), flag])
+        assert res.exit_code == 0, res.output
+        summary = json.loads((tmp_path / flag / "wer.json").read_text())
+        assert "per" in summary and "wer" not in summary and "PER 100.00%" in res.output
+        assert summary["ref_tokens"] == sum(len(fold_to_39(r, keep_sil=sil)) for r in refs)
+    assert json.loads((tmp_path / "--drop-sil" / "wer.json").read_text())["sil"] == "dropped"
+
+
+def test_decode_refuses_bad_input_with_one_line_errors(librispeech_setup, tmp_path):
+    from w2vtk.checkpoint import save_checkpoint
+    from w2vtk.model import build_model
+
+    s = librispeech_setup
+    cfg = _small_cfg(0)
+    save_checkpoint(tmp_path / "pre.pt", {"kind": "pretrain", "model_config": cfg.to_dict(),
+                                          "model": build_model(cfg).state_dict()})
+    base = ["decode", "--data", str(s["data"]), "--subset", "dev-clean", "--out", str(tmp_path / "o")]
+    runner = CliRunner()
+    res = runner.invoke(main, base + ["--checkpoint", str(tmp_path / "pre.pt")])
+    assert res.exit_code == 2 and "without a CTC vocabulary" in res.output
+    res = runner.invoke(main, ["decode", "--checkpoint", str(s["blank"]), "--data", str(s["data"]),
+                               "--subset", "nope", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "nope.tsv" in res.output
+    res = runner.invoke(main, base + ["--checkpoint", str(s["blank"]), "--decoder", "greedy", "--lm", str(s["arpa"])])
+    assert res.exit_code == 2 and "greedy" in res.output
+    res = runner.invoke(main, base + ["--checkpoint", str(s["blank"]), "--lm", str(s["bin"])])
+    assert res.exit_code == 2 and "lexicon" in res.output
+    assert not (tmp_path / "o").exists()

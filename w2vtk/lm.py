@@ -127,7 +127,8 @@ def _run_lmplz(text: str | os.PathLike, sink: IO[bytes], order: int, prune: list
 
 
 def _lmplz_error_summary(stderr: str) -> str:
-    lines = [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith(("=", "*", "-", "Chain", "Name:"))]
+    lines = [ln for ln in stderr.splitlines()
+             if ln.strip() and ln.strip() != "ERROR" and not ln.startswith(("=", "*", "-", "Chain", "Name:", "Reading"))]
     return (lines[-1] if lines else "no message")[:300]
 
 
@@ -149,15 +150,34 @@ def _write_arpa(text, arpa: Path, order, prune, fallback, memory, normalize) -> 
             raise _LmplzFailed(stderr)  # leaves no partial file behind
 
 
+def default_lmplz_memory(text: str | os.PathLike) -> str:
+    """lmplz's sorting memory for a corpus: 8x its (uncompressed) size, at least 256M, at most 25% of RAM.
+
+    lmplz's own default (80% of RAM) makes even a tiny model take seconds to allocate.
+    """
+    size = Path(text).stat().st_size
+    with open(text, "rb") as f:
+        if f.read(2) == b"\x1f\x8b":
+            size *= 4  # typical text compression ratio
+    mib = max(256, 8 * size // (1 << 20))
+    try:
+        ram_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
+        mib = min(mib, max(256, ram_mib // 4))
+    except (ValueError, OSError):
+        pass
+    return f"{mib}M"
+
+
 def train_lm(text: str | os.PathLike, arpa: str | os.PathLike, order: int = 4, prune: list[int] | None = None,
-             discount_fallback: bool | None = None, memory: str = "25%", normalize: bool = True,
+             discount_fallback: bool | None = None, memory: str | None = None, normalize: bool = True,
              binary: str | os.PathLike | None = None) -> Path:
     """Build a modified Kneser-Ney ARPA model of `order` from `text` (one sentence per line, may be .gz).
 
     `prune`: lmplz's count thresholds per order (e.g. [0, 0, 1]: drop singleton trigrams and above).
     `discount_fallback`: None retries with lmplz's `--discount_fallback` when the text is too small
     for Kneser-Ney discount estimation (as with tiny corpora), True always passes it, False never.
-    `memory`: lmplz's sorting memory (`-S`: 25%, 2G, ...). An `arpa` ending in `.gz` is gzipped.
+    `memory`: lmplz's sorting memory (`-S`: 25%, 2G, ...; None: `default_lmplz_memory`). An `arpa`
+    ending in `.gz` is gzipped.
     `binary`: also write KenLM's binary format there.
     """
     arpa = Path(arpa)
@@ -168,6 +188,7 @@ def train_lm(text: str | os.PathLike, arpa: str | os.PathLike, order: int = 4, p
                                  "non-decreasing count thresholds, one per order starting with unigrams")
     if not Path(text).is_file():
         raise LanguageModelError(f"{text}: no such text file")
+    memory = memory or default_lmplz_memory(text)
     attempts = [bool(discount_fallback)] if discount_fallback is not None else [False, True]
     for i, fallback in enumerate(attempts):
         try:
@@ -203,8 +224,9 @@ def build_binary(arpa: str | os.PathLike, out: str | os.PathLike, data_structure
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
-        raise LanguageModelError(f"build_binary failed on {arpa}: "
-                                 f"{_lmplz_error_summary(proc.stderr.decode('utf-8', 'replace'))}")
+        detail = _lmplz_error_summary(proc.stderr.decode("utf-8", "replace") + proc.stdout.decode("utf-8", "replace"))
+        raise LanguageModelError(f"build_binary failed on {arpa} ({detail}); if the ARPA file is truncated or "
+                                 "corrupt, download it again or rebuild it with `w2vtk lm train`")
     os.replace(tmp, out)
     return out
 
