@@ -80,5 +80,10 @@ def _register() -> None:
     main.add_command(report_commands.plot)
     main.add_command(report_commands.results)
 
+    from w2vtk.cli import decode_commands
+
+    for command in (decode_commands.lm, decode_commands.decode, decode_commands.tune_lm, decode_commands.transcribe):
+        main.add_command(command)
+
 
 _register()
