@@ -15,11 +15,11 @@ from click.testing import CliRunner
 
 from reference_models import (ctc_symbols, fairseq_finetuned_checkpoint, fairseq_pretrain_checkpoint, hf_config,
                               hf_model, randomize_, save_hf, speech_waveforms, write_fairseq_dict)
-from w2vtk.checkpoint import CheckpointError, load_checkpoint
+from w2vtk.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from w2vtk.cli import main
 from w2vtk.convert import import_weights
 from w2vtk.convert.safetensors import read_safetensors, write_safetensors
-from w2vtk.model import model_from_checkpoint
+from w2vtk.model import build_model, model_from_checkpoint, tiny_config
 from w2vtk.text import Vocabulary
 
 pytest.importorskip("transformers")
@@ -140,6 +140,43 @@ def test_export_then_import_is_identity_and_transformers_loads_it(kind, style, w
         processor = Wav2Vec2Processor.from_pretrained(tmp_path / "exported")
         assert processor.tokenizer.pad_token_id == 0
         assert processor.tokenizer.decode([5, 5, 0, 6, 4, 7]) == "ET A"
+
+
+@pytest.mark.parametrize("latent_vars,vocab_size", [(8, 9), (0, 0)])
+def test_our_own_checkpoints_export_to_the_right_transformers_class(latent_vars, vocab_size, waveforms, tmp_path):
+    """A fine-tuned model keeps its quantizer (unused) and exports as Wav2Vec2ForCTC; a bare encoder as
+    Wav2Vec2Model."""
+    from transformers import Wav2Vec2ForCTC, Wav2Vec2Model
+
+    cfg = tiny_config(conv_layers=[[32, 10, 5]] + [[32, 3, 2]] * 4 + [[32, 2, 2]] * 2, encoder_embed_dim=32,
+                      encoder_layers=2, encoder_ffn_embed_dim=64, encoder_attention_heads=2, conv_pos=8,
+                      conv_pos_groups=4, final_dim=16, latent_vars=latent_vars, vocab_size=vocab_size,
+                      extractor_mode="layer_norm", conv_bias=True, layer_norm_first=True, normalize=True)
+    torch.manual_seed(9)
+    model = build_model(cfg).eval()
+    randomize_(model, 9)
+    vocab = ["<s>", "<pad>", "</s>", "<unk>", "|", "A", "B", "C", "D"] if vocab_size else None
+    save_checkpoint(tmp_path / "ft.pt", {"kind": "finetune", "model_config": cfg.to_dict(), "model": model.state_dict(),
+                                         "vocab": vocab, "labels": "ltr" if vocab else None})
+    result = CliRunner().invoke(main, ["export", str(tmp_path / "ft.pt"), str(tmp_path / "hf")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "hf" / "preprocessor_config.json").read_text())["do_normalize"] is True
+    cls = Wav2Vec2ForCTC if vocab_size else Wav2Vec2Model
+    loaded, info = cls.from_pretrained(tmp_path / "hf", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    x = torch.from_numpy(waveforms[0])[None]
+    with torch.no_grad():
+        if vocab_size:
+            assert _max_diff(model.ctc_logits(x)[0], loaded.eval()(x).logits) < TOL
+        else:
+            enc = model.encode(model.extract_features(x).features, output_hidden_states=True)
+            ref = loaded.eval()(x, output_hidden_states=True)
+            assert all(_max_diff(a, b) < TOL for a, b in zip(enc.hidden_states, ref.hidden_states))
+            assert _max_diff(enc.x, ref.last_hidden_state) < TOL
+            # conv_dim == model dim: no projection here, an identity one in transformers; both ways exact
+            again = import_weights(tmp_path / "hf")["model"]
+            assert again.keys() == model.state_dict().keys()
+            assert all(torch.equal(again[k], v) for k, v in model.state_dict().items())
 
 
 def test_import_through_a_real_subprocess(tmp_path):

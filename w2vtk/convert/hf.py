@@ -72,10 +72,17 @@ def architecture_name(cfg: ModelConfig) -> str:
 
 
 def hf_names(cfg: ModelConfig) -> dict[str, str]:
-    """Our parameter names (q/k/v split) -> transformers' names, for the class `architecture_name(cfg)`."""
-    prefix = "" if architecture_name(cfg) == "Wav2Vec2Model" else "wav2vec2."
+    """Our parameter names (q/k/v split) -> transformers' names, for the class `architecture_name(cfg)`.
+
+    transformers always has the feature projection; ours is absent when the CNN's channels equal the
+    model dimension (as in fairseq), and stands for the identity.
+    """
+    arch = architecture_name(cfg)
+    prefix = "" if arch == "Wav2Vec2Model" else "wav2vec2."
     names = {}
     for ours in split_qkv({k: torch.empty(0) for k in model_shapes(cfg)}):
+        if arch == "Wav2Vec2ForCTC" and ours.startswith(("quantizer.", "project_q.", "final_proj.")):
+            continue  # a fine-tuned model's unused pretraining heads have no place in Wav2Vec2ForCTC
         for pattern, template in _ENCODER_RULES:
             if re.fullmatch(pattern, ours):
                 names[ours] = prefix + re.sub(pattern, template, ours)
@@ -87,7 +94,17 @@ def hf_names(cfg: ModelConfig) -> dict[str, str]:
                     break
             else:
                 raise AssertionError(f"no transformers name for {ours}")
+    if cfg.conv_dim == cfg.encoder_embed_dim:
+        for kind in ("weight", "bias"):
+            names[_IDENTITY_PROJECTION + kind] = prefix + "feature_projection.projection." + kind
     return names
+
+
+_IDENTITY_PROJECTION = "(identity) post_extract_proj."
+
+
+def _identity_projection(dim: int) -> dict[str, Tensor]:
+    return {_IDENTITY_PROJECTION + "weight": torch.eye(dim), _IDENTITY_PROJECTION + "bias": torch.zeros(dim)}
 
 
 # -- config ----------------------------------------------------------------------------------------------
@@ -254,6 +271,11 @@ def import_hf(folder: str | os.PathLike) -> dict[str, Any]:
         log.info("%s has no masked_spec_embed; mask_emb keeps its initial value", folder)
         names.pop("masked_spec_embed")
     ours = fuse_qkv(rename(state, names, where, "transformers"), where)
+    if cfg.conv_dim == cfg.encoder_embed_dim:
+        identity = _identity_projection(cfg.conv_dim)
+        if not all(torch.allclose(ours.pop(k).float(), v, atol=1e-6) for k, v in identity.items()):
+            raise CheckpointError(f"{where}conv_dim equals hidden_size ({cfg.conv_dim}) but the feature projection "
+                                  "is not the identity; w2vtk (like fairseq) has no projection in that case")
     if "mask_emb" not in ours:
         ours["mask_emb"] = torch.empty(cfg.encoder_embed_dim).uniform_()
     check_fits(cfg, ours, where)
@@ -275,6 +297,8 @@ def export_hf(cfg: ModelConfig, state: dict[str, Tensor], vocab: list[str] | Non
     out_dir = Path(out_dir)
     names = hf_names(cfg)
     split = split_qkv(state)
+    if cfg.conv_dim == cfg.encoder_embed_dim:
+        split.update(_identity_projection(cfg.conv_dim))
     dropped = sorted(k for k in split if k not in names)
     if dropped:
         log.info("not exported (no place in %s): %s", architecture_name(cfg), ", ".join(dropped))
