@@ -13,27 +13,13 @@ import torch
 import torch.nn.functional as F
 
 from w2vtk.dataset import Batch
+from w2vtk.decoding.greedy import greedy_ids
 from w2vtk.masking import channel_mask, time_mask, utterance_rngs
 from w2vtk.model.wav2vec2 import Wav2Vec2Model
 from w2vtk.pretraining import StepResult
 from w2vtk.scoring import ErrorCounts, align
 from w2vtk.text import Vocabulary
 from w2vtk.training.config import FinetuneTaskConfig
-
-
-def greedy_ids(logits: torch.Tensor, frame_lengths: torch.Tensor | None) -> list[list[int]]:
-    """Best path per utterance: argmax per frame, repeats merged, blanks (0) dropped.
-
-    logits: (batch, frame, vocab); frame_lengths: (batch,) or None.
-    """
-    best = logits.argmax(-1).cpu()
-    out = []
-    for i, row in enumerate(best):
-        if frame_lengths is not None:
-            row = row[: int(frame_lengths[i])]
-        ids = torch.unique_consecutive(row)
-        out.append([int(t) for t in ids if t != 0])
-    return out
 
 
 class FinetuneObjective:
@@ -88,7 +74,11 @@ class FinetuneObjective:
         loss = F.ctc_loss(lprobs, batch.targets, frame_lengths, batch.target_lengths, blank=0, reduction="sum",
                           zero_infinity=True)
         counts = ErrorCounts()
-        for hyp, ref in zip(greedy_ids(logits, frame_lengths), _split(batch.targets, batch.target_lengths)):
+        scores = logits.float().cpu().numpy()
+        refs = _split(batch.targets, batch.target_lengths)
+        for i, ref in enumerate(refs):
+            frames = scores[i] if frame_lengths is None else scores[i, : int(frame_lengths[i])]
+            hyp = greedy_ids(frames)
             counts = counts + align(self.vocab.to_words(ref), self.vocab.to_words(hyp)).counts
         return {"loss_sum": float(loss), "tokens": float(batch.target_lengths.sum()),
                 "errors": float(counts.errors), "ref_words": float(counts.ref_tokens)}
