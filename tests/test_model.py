@@ -273,11 +273,12 @@ def test_penalty_is_the_mean_squared_cnn_output_of_valid_frames():
 def test_tiny_model_learns_a_ctc_task_on_a_cpu():
     """A few optimizer steps reduce a CTC loss: the whole model is trainable end to end."""
     torch.manual_seed(0)
-    model = tiny(vocab_size=5, conv_layers=[[64, 10, 5]] + [[64, 3, 2]] * 4 + [[64, 2, 2]] * 2,
-                 encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128, conv_pos=16, conv_pos_groups=4)
-    wav = torch.randn(2, 8000)
+    model = tiny(vocab_size=5, conv_layers=[[32, 10, 5]] + [[32, 3, 2]] * 4 + [[32, 2, 2]] * 2,
+                 encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=2,
+                 conv_pos=8, conv_pos_groups=4)
+    wav = torch.randn(2, 4000)
     targets, target_lengths = torch.tensor([1, 2, 3, 4, 1, 2]), torch.tensor([3, 3])
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(8):
         logits, _ = model.ctc_logits(wav)

@@ -25,6 +25,7 @@ from torch import Tensor
 from w2vtk.checkpoint import CheckpointError
 from w2vtk.convert.common import check_fits, fuse_qkv, labels_kind, model_shapes, rename, split_qkv
 from w2vtk.model import ModelConfig
+from w2vtk.text import Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -252,8 +253,6 @@ def _normalize_pos_conv_names(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def read_fairseq_dict(path: str | os.PathLike) -> tuple[list[str], str]:
     """A fairseq dictionary (`<symbol> <count>` lines) -> fairseq's output order and the label kind."""
-    from w2vtk.text import Vocabulary
-
     path = Path(path)
     kind = "phn" if ".phn" in path.name else "ltr"
     vocab = Vocabulary.from_dict_file(path, kind)

@@ -38,8 +38,10 @@ class FeatureOutput:
 
 @dataclass
 class EncoderOutput:
-    """x: (batch, frame, dim) the Transformer output; hidden_states: [input of layer 1, output of layer
-    1, ..., output of layer L] each (batch, frame, dim), as transformers' `hidden_states`, or None."""
+    """x: (batch, frame, dim) the Transformer output (pre-LN models: after the final LayerNorm);
+    hidden_states: [input of layer 1, output of layer 1, ..., output of layer L] each (batch, frame,
+    dim), or None. As in transformers (5.x) the last one is layer L's own output, before a pre-LN
+    model's final LayerNorm."""
 
     x: Tensor
     hidden_states: list[Tensor] | None
