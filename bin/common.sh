@@ -9,8 +9,9 @@
 # What it provides:
 #   parse_options "$@"   --name value / --name=value for every variable in `options` (dashes in the
 #                        option, underscores in the variable); a value must match its default's kind
-#                        (a number stays a number, true/false stays true/false); --help prints the
-#                        calling script's header comment and the current values.
+#                        (a default of 3 takes whole numbers, 1.5 any number, true/false true or
+#                        false); --help prints the calling script's header comment and the current
+#                        values.
 #   log MSG...           a timestamped line on stderr; die MSG... logs and exits 1.
 #   run CMD...           logs the command line (shell-quoted), then runs it.
 #   stage_selected N     true when --stage <= N <= --stop-stage.
@@ -26,6 +27,7 @@
 #                        a stage redone upstream makes the stages downstream of it stale.
 #   need_done DIR WHAT   dies unless DIR/.done exists (an earlier stage that was not selected).
 #   need_files FILE...   dies unless each FILE exists and is not empty (output validation).
+#   decode_model ...     greedy and LM decoding of a fine-tuned model, with LM weight tuning (below).
 #
 # W2VTK is the w2vtk command (default: this repository's .venv/bin/w2vtk) and W2VTK_PYTHON the Python
 # that has w2vtk installed (default: .venv/bin/python), so recipes run from any directory.
@@ -87,6 +89,9 @@ _check_value() {
     *)
       if [[ $default =~ ^[0-9]+$ ]] && ! [[ $value =~ ^[0-9]+$ ]]; then
         die "$flag takes a whole number, not '$value'"
+      fi
+      if [[ $default =~ ^[0-9]*\.[0-9]+$ ]] && ! [[ $value =~ ^[0-9]*\.?[0-9]+$ ]]; then
+        die "$flag takes a number, not '$value'"
       fi ;;
   esac
 }
@@ -173,4 +178,43 @@ need_files() {
   for f in "$@"; do
     [ -s "$f" ] || die "expected output $f is missing or empty"
   done
+}
+
+# ---------------------------------------------------------------- decoding (both recipes' decode stage)
+# decode_model CKPT DATA OUT LM_NAME TUNE_SUBSET SUBSET...
+#   Decodes each SUBSET of the manifests in DATA with the fine-tuned CKPT: greedily into
+#   OUT/<subset>/greedy, then, after `w2vtk tune-lm` found the LM weight and word score on TUNE_SUBSET
+#   (OUT/lm_weights.json), with the LM into OUT/<subset>/LM_NAME. The arrays `lm_options` (--decoder,
+#   --lm, --lexicon, --beam ...) and `tune_options` (--trials ...) and $nj configure it. The acoustic
+#   model runs once per subset: its log-probabilities are cached in OUT/logprobs. Each decoding ends
+#   with its own .done, so an interrupted stage resumes where it stopped.
+decode_model() {
+  local ckpt=$1 data=$2 out=$3 lm_name=$4 tune_subset=$5 subset lm_weight word_score
+  shift 5
+  local common=(--checkpoint "$ckpt" --data "$data" --cache-dir "$out/logprobs" --jobs "$nj")
+  for subset in "$@"; do
+    _decode_once "$out/$subset/greedy" "${common[@]}" --subset "$subset"
+  done
+  if [ ! -s "$out/lm_weights.json" ]; then
+    w2vtk tune-lm "${common[@]}" --subset "$tune_subset" --out "$out/lm_weights.json" \
+      "${lm_options[@]}" ${tune_options[@]+"${tune_options[@]}"}
+    need_files "$out/lm_weights.json"
+  fi
+  read -r lm_weight word_score < <("$W2VTK_PYTHON" -c \
+    'import json, sys; w = json.load(open(sys.argv[1])); print(w["lm_weight"], w["word_score"])' "$out/lm_weights.json")
+  log "LM weight $lm_weight, word score $word_score (tuned on $tune_subset)"
+  for subset in "$@"; do
+    _decode_once "$out/$subset/$lm_name" "${common[@]}" --subset "$subset" "${lm_options[@]}" \
+      --lm-weight "$lm_weight" --word-score "$word_score"
+  done
+}
+
+_decode_once() {  # OUT ARGS...: one `w2vtk decode`, skipped when OUT/.done exists
+  local out=$1
+  shift
+  [ -f "$out/.done" ] && return 0
+  rm -rf "$out"
+  w2vtk decode --out "$out" "$@"
+  need_files "$out/wer.json" "$out/hyp.trn" "$out/ref.trn"
+  touch "$out/.done"
 }

@@ -130,7 +130,10 @@ def plot_training(runs: Sequence[TrainingLog], out: str | os.PathLike, title: st
                 colour = colours[(r * len(keys) + k) % len(colours)]
                 label = f"{run.name}: {key}" if several else key
                 if key in run.train.series:
-                    ax.plot(*run.train.series[key], color=colour, linewidth=1.2, label=label)
+                    steps, values = run.train.series[key]
+                    # A lone point draws no line: give it a marker so that it shows.
+                    ax.plot(steps, values, color=colour, linewidth=1.2, marker="o" if len(steps) == 1 else None,
+                            markersize=3, label=label)
                 if key in run.valid.series:
                     steps, values = run.valid.series[key]
                     ax.plot(steps, values, color=colour, linestyle="--", marker="o", markersize=3,

@@ -119,11 +119,19 @@ def results_table(scores: list[Score]) -> str:
 
 
 def _tuning_lines(tuning: dict[str, dict[str, dict]]) -> list[str]:
+    """One line per tuning file: the weights found and the dev error rate they gave."""
     lines = []
     for model, files in tuning.items():
         for stem, values in files.items():
-            shown = ", ".join(f"{k} {v}" for k, v in values.items() if isinstance(v, (int, float, str)))
-            lines.append(f"- {model} ({stem}): {shown}")
+            found = ", ".join(f"{k} {values[k]:g}" for k in ("lm_weight", "word_score")
+                              if isinstance(values.get(k), (int, float)))
+            metric = next((m for m in METRICS if isinstance(values.get(m), (int, float))), None)
+            rate = f"{metric.upper()} {values[metric]:.2f}%" if metric else ""
+            if rate and "subset" in values:
+                rate += f" on {values['subset']}"
+            trials = f"best of {values['trials']} trials" if "trials" in values else ""
+            detail = ", ".join(w for w in (rate, trials) if w)
+            lines.append(f"- {model} ({stem}.json): {found or 'no weights'}" + (f" ({detail})" if detail else ""))
     return lines
 
 
