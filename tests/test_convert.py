@@ -308,24 +308,42 @@ class _RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_fairseq_checkpoint_whose_pickle_runs_code_is_refused(tmp_path):
+class _ExecsCode:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+@pytest.mark.parametrize("payload,named", [(_RunsCode, "system"), (_ExecsCode, "builtins.exec")])
+def test_fairseq_checkpoint_whose_pickle_runs_code_is_refused(payload, named, tmp_path):
     marker = tmp_path / "pwned"
     hf = hf_model("pretrain", "base")
     src = fairseq_pretrain_checkpoint(hf, tmp_path / "evil.pt")
     ckpt = torch.load(src, weights_only=False)
-    ckpt["extra_state"] = {"payload": _RunsCode(marker)}
+    ckpt["extra_state"] = {"payload": payload(marker)}
     torch.save(ckpt, src)
     result = CliRunner().invoke(main, ["import", str(src), str(tmp_path / "o.pt")])
-    assert result.exit_code == 2 and "refused" in result.output and "system" in result.output
+    assert result.exit_code == 2 and "refused" in result.output and named in result.output
+    assert not marker.exists() and not (tmp_path / "o.pt").exists()
+    # the same object inside an old non-zip torch file is refused by the unpickler itself
+    torch.save(ckpt, src, _use_new_zipfile_serialization=False)
+    result = CliRunner().invoke(main, ["import", str(src), str(tmp_path / "o.pt")])
+    assert result.exit_code == 2 and "refused" in result.output and named.split(".")[-1] in result.output
     assert not marker.exists() and not (tmp_path / "o.pt").exists()
 
 
 def test_fairseq_omegaconf_config_is_read_without_omegaconf(waveforms, tmp_path, monkeypatch):
-    """A hydra-era checkpoint pickles omegaconf DictConfig nodes; they are read as plain data."""
+    """A hydra-era checkpoint pickles omegaconf DictConfig nodes and fairseq enums; they are read as plain
+    data."""
+    import enum
     import types
+    import typing
 
     modules = {}
-    for name in ("omegaconf", "omegaconf.dictconfig", "omegaconf.nodes", "omegaconf.base"):
+    for name in ("omegaconf", "omegaconf.dictconfig", "omegaconf.nodes", "omegaconf.base", "fairseq",
+                 "fairseq.dataclass", "fairseq.dataclass.constants"):
         modules[name] = types.ModuleType(name)
         monkeypatch.setitem(sys.modules, name, modules[name])
 
@@ -335,10 +353,19 @@ def test_fairseq_omegaconf_config_is_read_without_omegaconf(waveforms, tmp_path,
         return cls
 
     dict_config, any_node = make("omegaconf.dictconfig", "DictConfig"), make("omegaconf.nodes", "AnyNode")
-    metadata = make("omegaconf.base", "ContainerMetadata")
+    metadata_cls = make("omegaconf.base", "ContainerMetadata")
+    choices = enum.Enum("Choices", {"default": "default", "layer_norm": "layer_norm"},
+                        module="fairseq.dataclass.constants")
+    modules["fairseq.dataclass.constants"].Choices = choices
+
+    def metadata():
+        m = metadata_cls()
+        m.__dict__.update(ref_type=typing.Any, object_type=None, key_type=str, element_type=typing.Any)
+        return m
 
     def node(value):
         n = any_node()
+        value = choices(value) if value in ("default", "layer_norm") else value
         n.__dict__.update(_val=value, _metadata=metadata(), _parent=None)
         return n
 
@@ -354,6 +381,11 @@ def test_fairseq_omegaconf_config_is_read_without_omegaconf(waveforms, tmp_path,
     ckpt["cfg"] = config(ckpt["cfg"])
     torch.save(ckpt, src)
     monkeypatch.undo()  # omegaconf is not importable while w2vtk reads the file
+    from w2vtk.convert.fairseq import safe_load_fairseq
+
+    plain = safe_load_fairseq(src)["cfg"]
+    assert plain["model"]["extractor_mode"] == "default" and plain["task"] == {"_name": "audio_pretraining",
+                                                                                "normalize": False}
     _, model = _import(src, tmp_path / "ours.pt")
     x = torch.from_numpy(waveforms[0])[None]
     with torch.no_grad():

@@ -10,6 +10,7 @@ symbols come from the fine-tuning data's dictionary (`dict.ltr.txt`), after fair
 from __future__ import annotations
 
 import ast
+import functools
 import logging
 import os
 import pickle
@@ -48,31 +49,50 @@ class _StandIn:
         self.state = state
 
 
+@functools.lru_cache(maxsize=None)
 def _stand_in(name: str) -> type:
     return type(name.rsplit(".", 1)[-1], (_StandIn,), {"foreign_name": name, "__module__": __name__})
 
 
-# Classes a fairseq checkpoint's config may contain, mapped to stand-ins. Nothing else is accepted.
-_CONFIG_CLASSES = [
-    "argparse.Namespace",
-    "omegaconf.dictconfig.DictConfig", "omegaconf.listconfig.ListConfig",
-    "omegaconf.base.ContainerMetadata", "omegaconf.base.Metadata",
-    "omegaconf.nodes.AnyNode", "omegaconf.nodes.ValueNode", "omegaconf.nodes.StringNode",
-    "omegaconf.nodes.IntegerNode", "omegaconf.nodes.FloatNode", "omegaconf.nodes.BooleanNode",
-    "omegaconf.nodes.EnumNode", "typing.Any",
-    "fairseq.dataclass.constants.Choices",  # fairseq's ChoiceEnum values (e.g. extractor_mode)
+# Classes a fairseq checkpoint's config may contain, read as inert stand-ins: argparse and omegaconf
+# containers and nodes, the type annotations in omegaconf's metadata, fairseq's config dataclasses and
+# enums, numpy scalars in the training state. Any other class is refused.
+_CONFIG_CLASSES = (
+    "argparse.Namespace", "omegaconf.dictconfig.DictConfig", "omegaconf.listconfig.ListConfig",
+    "omegaconf.base.ContainerMetadata", "omegaconf.base.Metadata", "omegaconf.nodes.AnyNode",
+    "omegaconf.nodes.StringNode", "omegaconf.nodes.IntegerNode", "omegaconf.nodes.FloatNode",
+    "omegaconf.nodes.BooleanNode", "omegaconf.nodes.EnumNode", "typing.Any",
     "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.dtype",
-]
-_STAND_INS = {name: _stand_in(name) for name in _CONFIG_CLASSES}
+)
+_CONFIG_MODULES = ("omegaconf.", "fairseq.", "typing.", "numpy.dtypes.")
+_TYPE_NAMES = {f"builtins.{t}" for t in ("str", "int", "float", "bool", "dict", "list", "tuple", "object")}
+
+
+def _is_config_class(name: str) -> bool:
+    return name in _CONFIG_CLASSES or name in _TYPE_NAMES or name.startswith(_CONFIG_MODULES)
 
 
 def _defaultdict(*args: Any) -> dict:
     return {}
 
 
+def _allowed_globals(path: Path) -> list[tuple[Any, str]]:
+    """Stand-ins for every config class the file names; CheckpointError naming any other class."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except (ValueError, RuntimeError, zipfile.BadZipFile, OSError):
+        names = []  # a legacy (non-zip) file: the fixed list below, and the unpickler refuses the rest
+    refused = sorted(n for n in names if not _is_config_class(n) and n != "collections.defaultdict")
+    if refused:
+        raise CheckpointError(f"{path}: refused: the pickle needs {', '.join(refused[:5])}, beyond tensors, plain "
+                              "data and fairseq's config classes; loading it could run code, so w2vtk does not")
+    config = set(_CONFIG_CLASSES) | {n for n in names if _is_config_class(n)}
+    return [(_stand_in(n), n) for n in sorted(config)] + [(_defaultdict, "collections.defaultdict")]
+
+
 def safe_load_fairseq(path: Path) -> dict[str, Any]:
     """torch.load(weights_only=True) with config classes replaced by inert stand-ins, then plain data."""
-    allowed = [(cls, name) for name, cls in _STAND_INS.items()] + [(_defaultdict, "collections.defaultdict")]
+    allowed = _allowed_globals(path)
     try:
         with torch.serialization.safe_globals(allowed):
             raw = torch.load(path, map_location="cpu", weights_only=True)
@@ -106,12 +126,15 @@ def to_plain(obj: Any) -> Any:
             return to_plain(content)
         if name.startswith("omegaconf.nodes."):
             return to_plain(state.get("_val") if isinstance(state, dict) else None)
-        if name.endswith("Choices"):
-            return obj.args[0] if obj.args else None
-        if name.endswith(".scalar") and len(obj.args) == 2:
+        if name.startswith("fairseq."):
+            if state is None and len(obj.args) == 1:
+                return obj.args[0]  # an enum value (fairseq's ChoiceEnum), pickled as Class(value)
+            return to_plain(state) if isinstance(state, dict) else None  # a config dataclass: its fields
+        if name.endswith(".scalar") and len(obj.args) == 2 and isinstance(obj.args[0], _StandIn):
             dtype, data = obj.args
-            return np.frombuffer(data, dtype=np.dtype(dtype.args[0])).item()
-        return None  # metadata, typing.Any, dtypes: no configuration value
+            if dtype.args and isinstance(dtype.args[0], str) and isinstance(data, bytes):
+                return np.frombuffer(data, dtype=np.dtype(dtype.args[0])).item()
+        return None  # metadata, type annotations, dtypes: no configuration value
     if isinstance(obj, dict):
         return {k: to_plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
