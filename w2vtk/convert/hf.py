@@ -281,7 +281,7 @@ def import_hf(folder: str | os.PathLike) -> dict[str, Any]:
     check_fits(cfg, ours, where)
     vocab = labels = None
     if vocab_size:
-        blank = int(hf.get("pad_token_id", 0) if hf.get("pad_token_id") is not None else 0)
+        blank = 0 if hf.get("pad_token_id") is None else int(hf["pad_token_id"])
         order, vocab = canonical_ctc_order(_read_vocab(folder, vocab_size, blank), blank)
         ours = reorder_ctc_head(ours, order)
         cfg = cfg.replace(vocab_size=len(vocab))
