@@ -284,9 +284,10 @@ def check_lm_file(path: str | os.PathLike) -> LmFileInfo:
         raise _corrupt(path, f"cannot read the ARPA header ({e})") from None
     if not counts:
         raise _corrupt(path, "no `ngram N=count` lines after \\data\\")
-    order = max(counts)
-    if sorted(counts) != list(range(1, order + 1)):
-        raise _corrupt(path, f"the header lists orders {sorted(counts)}")
+    # Compare with 1..len(counts), not 1..max(counts): a corrupt header may claim any order.
+    if sorted(counts) != list(range(1, len(counts) + 1)) or min(counts.values()) < 0:
+        raise _corrupt(path, f"the header lists orders {sorted(counts)} with counts {[counts[n] for n in sorted(counts)]}")
+    order = len(counts)
     if order > MAX_ORDER:
         raise LanguageModelError(f"{path}: a {order}-gram model, but KenLM here supports orders up to {MAX_ORDER}; "
                                  f"rebuild it with `w2vtk lm train --order {MAX_ORDER}` (or lower)")
