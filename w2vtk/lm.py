@@ -391,6 +391,10 @@ def read_lexicon(path: str | os.PathLike) -> dict[str, list[list[str]]]:
             fields = line.split()
             if not fields:
                 continue
+            if line[0].isspace():  # the word column is empty: the spelling's first token is no word
+                raise LanguageModelError(f"{path}:{lineno}: no word before the spelling {line.strip()[:60]!r}; each line "
+                                         "is `WORD<TAB>W O R D |`: add the word or make the lexicon with "
+                                         "`w2vtk lm lexicon`")
             if len(fields) < 2:
                 raise LanguageModelError(f"{path}:{lineno}: expected `WORD<TAB>W O R D |`, got {line.strip()[:60]!r}; "
                                          "make lexicons with `w2vtk lm lexicon`")
