@@ -342,3 +342,26 @@ def test_decode_refuses_bad_input_with_one_line_errors(librispeech_setup, tmp_pa
     res = runner.invoke(main, base + ["--checkpoint", str(s["blank"]), "--lm", str(s["bin"])])
     assert res.exit_code == 2 and "lexicon" in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_token_pruning_keeps_each_frames_best_and_never_empties_the_search(lm_files):
+    from w2vtk.decoding.flashlight_beam import PRUNED_LOGP, prune_tokens
+
+    lp = np.log(np.array([[0.001, 0.01, 0.989], [0.0001, 0.0002, 0.0003]], dtype=np.float32))
+    pruned, kept = prune_tokens(lp, -5.0)
+    assert kept == 2
+    assert pruned[0, 2] == lp[0, 2] and pruned[0, 1] == lp[0, 1] and pruned[0, 0] == PRUNED_LOGP
+    assert pruned[1, 2] == lp[1, 2] and (pruned[1, :2] == PRUNED_LOGP).all()  # the best stays, however unlikely
+    # K beats C by so much that C falls under the pruning limit: the lexicon has no KAT, and the search
+    # must still produce the rest of the sentence rather than nothing
+    rng = np.random.default_rng(8)
+    noisy = emissions(SENTENCE, rng, {letter_index(SENTENCE, 1, 0): ("K", 8.0)})
+    assert noisy[2 * 4, LTR.index("C")] < -5  # the C frames of CAT (after T H E |)
+    options = DecoderOptions(decoder="flashlight", lm=str(lm_files / "3gram.arpa"), word_score=0.0)
+    words = decode_batch([noisy], LTR, options)[0]
+    assert words[0] == "THE" and words[-4:] == SENTENCE.split()[-4:]
+    unpruned = DecoderOptions(decoder="flashlight", lm=str(lm_files / "3gram.arpa"), word_score=0.0,
+                              token_min_logp=None)
+    rng = np.random.default_rng(9)
+    batch = [emissions(s, rng, {1: ("K", 0.5)}, noise=1.5) for s in LM_TEXT[:8]]
+    assert decode_batch(batch, LTR, options) == decode_batch(batch, LTR, unpruned)

@@ -1,6 +1,8 @@
 """`w2vtk lm ...`, `w2vtk decode`, `w2vtk tune-lm` and `w2vtk transcribe`."""
 from __future__ import annotations
 
+import functools
+
 import click
 
 _BINARY_TYPES = click.Choice(["probing", "trie"])
@@ -84,7 +86,13 @@ def lm_lexicon(source, out):
 
 # ------------------------------------------------------------------------------------- decoding
 
+_SEARCH_PARAMS = ("lm", "lexicon", "decoder", "lm_weight", "word_score", "beam", "beam_threshold", "beam_size_token",
+                  "token_min_logp")
+
+
 def _decoder_options(f):
+    """Adds the decoder and acoustic-batching options; the command receives `options` (DecoderOptions)
+    instead of the search parameters."""
     options = [
         click.option("--lm", type=click.Path(dir_okay=False), default=None,
                      help="KenLM model: ARPA (.arpa, .arpa.gz, e.g. LibriSpeech's 4-gram) or binary. "
@@ -107,6 +115,9 @@ def _decoder_options(f):
                           "10 pyctcdecode)."),
         click.option("--beam-size-token", type=int, default=None,
                      help="flashlight: tokens expanded per frame (default: all)."),
+        click.option("--token-min-logp", type=float, default=-5.0, show_default=True,
+                     help="Per frame, skip tokens with a log-probability below this unless they are the frame's "
+                          "best (pyctcdecode's pruning; both beam decoders). Use -inf to expand every token."),
         click.option("--jobs", type=int, default=1, show_default=True,
                      help="Decoding processes; each loads the LM (a binary LM is shared through memory mapping)."),
         click.option("--batch-size", type=int, default=16, show_default=True,
@@ -116,12 +127,18 @@ def _decoder_options(f):
         click.option("--device", default=None, help="torch device for the acoustic model (default: cuda if "
                                                     "available, else cpu)."),
     ]
+
+    @functools.wraps(f)
+    def command(**kw):
+        kw["options"] = _make_options(**{k: kw.pop(k) for k in _SEARCH_PARAMS})
+        return f(**kw)
+
     for option in reversed(options):
-        f = option(f)
-    return f
+        command = option(command)
+    return command
 
 
-def _make_options(decoder, lm, lexicon, lm_weight, word_score, beam, beam_threshold, beam_size_token):
+def _make_options(decoder, lm, lexicon, lm_weight, word_score, beam, beam_threshold, beam_size_token, token_min_logp):
     from w2vtk.decoding import DecoderOptions
 
     if decoder is None:
@@ -131,7 +148,8 @@ def _make_options(decoder, lm, lexicon, lm_weight, word_score, beam, beam_thresh
     if beam < 1 or (beam_size_token is not None and beam_size_token < 1):
         raise click.BadParameter("must be at least 1", param_hint="--beam / --beam-size-token")
     return DecoderOptions(decoder=decoder, lm=lm, lexicon=lexicon, lm_weight=lm_weight, word_score=word_score,
-                          beam=beam, beam_threshold=beam_threshold, beam_size_token=beam_size_token)
+                          beam=beam, beam_threshold=beam_threshold, beam_size_token=beam_size_token,
+                          token_min_logp=None if token_min_logp == float("-inf") else token_min_logp)
 
 
 _phone_options = [
@@ -162,8 +180,8 @@ def _with_phone_options(f):
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Reuse (or store) the acoustic log-probabilities here, keyed by checkpoint and subset "
                    "(`w2vtk tune-lm` fills the same kind of cache).")
-def decode(checkpoint, data_dir, subset, out_dir, lm, lexicon, decoder, lm_weight, word_score, beam, beam_threshold,
-           beam_size_token, jobs, batch_size, max_tokens, device, fold_phones, keep_sil, cache_dir):
+def decode(checkpoint, data_dir, subset, out_dir, options, jobs, batch_size, max_tokens, device, fold_phones, keep_sil,
+           cache_dir):
     """Decode a subset with a fine-tuned model and score it (WER; PER for phone models).
 
     \b
@@ -173,7 +191,6 @@ def decode(checkpoint, data_dir, subset, out_dir, lm, lexicon, decoder, lm_weigh
     """
     from w2vtk.decode import decode_subset
 
-    options = _make_options(decoder, lm, lexicon, lm_weight, word_score, beam, beam_threshold, beam_size_token)
     _, line = decode_subset(checkpoint, data_dir, subset, out_dir, options, jobs=jobs, max_tokens=max_tokens,
                             batch_size=batch_size, fold_phones=fold_phones, keep_sil=keep_sil, cache_dir=cache_dir,
                             device=device)
@@ -198,9 +215,8 @@ def decode(checkpoint, data_dir, subset, out_dir, lm, lexicon, decoder, lm_weigh
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Where the acoustic log-probabilities are cached (default: logprobs-cache/ beside --out).")
 @click.pass_context
-def tune_lm(ctx, checkpoint, data_dir, subset, out, lm, lexicon, decoder, lm_weight, word_score, beam,
-            beam_threshold, beam_size_token, jobs, batch_size, max_tokens, device, fold_phones, keep_sil, trials,
-            search, lm_weight_range, word_score_range, cache_dir):
+def tune_lm(ctx, checkpoint, data_dir, subset, out, options, jobs, batch_size, max_tokens, device, fold_phones,
+            keep_sil, trials, search, lm_weight_range, word_score_range, cache_dir):
     """Search the LM weight and word score that minimise the error rate on a dev subset.
 
     The acoustic model runs once (its output is cached); each trial re-runs only the beam search.
@@ -208,9 +224,8 @@ def tune_lm(ctx, checkpoint, data_dir, subset, out, lm, lexicon, decoder, lm_wei
     """
     from w2vtk.tune import tune_lm as run
 
-    if lm is None:
+    if options.lm is None:
         raise click.UsageError("--lm is required: tuning searches the LM's weight")
-    options = _make_options(decoder, lm, lexicon, lm_weight, word_score, beam, beam_threshold, beam_size_token)
     result = run(checkpoint, data_dir, subset, out, options, trials=trials, lm_weight_range=lm_weight_range,
                  word_score_range=word_score_range, search=search, seed=ctx.obj["seed"] if ctx.obj else 1,
                  jobs=jobs, cache_dir=cache_dir, max_tokens=max_tokens, batch_size=batch_size,
@@ -224,12 +239,10 @@ def tune_lm(ctx, checkpoint, data_dir, subset, out, lm, lexicon, decoder, lm_wei
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="Fine-tuned checkpoint.")
 @_decoder_options
 @click.argument("audio", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def transcribe(checkpoint, lm, lexicon, decoder, lm_weight, word_score, beam, beam_threshold, beam_size_token,
-               jobs, batch_size, max_tokens, device, audio):
+def transcribe(checkpoint, options, jobs, batch_size, max_tokens, device, audio):
     """Print `path<TAB>transcript` for each AUDIO file (FLAC, WAV, SPHERE...; any rate, resampled to 16 kHz)."""
     from w2vtk.decode import transcribe as run
 
-    options = _make_options(decoder, lm, lexicon, lm_weight, word_score, beam, beam_threshold, beam_size_token)
     words = run(checkpoint, audio, options, jobs=jobs, max_tokens=max_tokens, batch_size=batch_size, device=device)
     for path, w in zip(audio, words):
         click.echo(f"{path}\t{' '.join(w)}")

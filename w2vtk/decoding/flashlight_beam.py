@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BEAM_THRESHOLD = 25.0  # fairseq's and torchaudio's default
 UNK_WORD = "<unk>"
+# Emission given to pruned tokens: finite, so that a frame whose every continuation is pruned
+# penalises all hypotheses alike instead of ending the search.
+PRUNED_LOGP = -1e4
 
 
 @dataclass
@@ -98,26 +101,49 @@ def build_search_graph(vocab: Vocabulary, options: DecoderOptions) -> LexiconSea
 class FlashlightLexiconDecoder:
     def __init__(self, vocab: Vocabulary, options: DecoderOptions, graph: LexiconSearchGraph | None = None):
         """`graph`: an already built search graph to reuse (see parallel.py's cache)."""
+        self.graph = graph or build_search_graph(vocab, options)
+        self.options = options
+        self.num_tokens = len(vocab)
+        self._decoders: dict[int, object] = {}  # by beam_size_token
+
+    def _decoder(self, tokens_per_frame: int):
+        """flashlight expands the `beam_size_token` most likely tokens of each frame; with token pruning
+        no more tokens than survive in any frame are worth expanding, so that count is used."""
         from flashlight.lib.text.decoder import CriterionType, LexiconDecoder, LexiconDecoderOptions
 
-        self.graph = graph or build_search_graph(vocab, options)
-        threshold = options.beam_threshold if options.beam_threshold is not None else DEFAULT_BEAM_THRESHOLD
-        fl_options = LexiconDecoderOptions(
-            beam_size=options.beam, beam_size_token=options.beam_size_token or len(vocab),
-            beam_threshold=threshold, lm_weight=options.lm_weight, word_score=options.word_score,
-            unk_score=options.unk_score, sil_score=options.sil_score, log_add=False,
-            criterion_type=CriterionType.CTC)
-        self._decoder = LexiconDecoder(fl_options, self.graph.trie, self.graph.lm, self.graph.silence,
-                                       BLANK_INDEX, self.graph.unk_word, [], False)
-        self.num_tokens = len(vocab)
+        if tokens_per_frame not in self._decoders:
+            o = self.options
+            threshold = o.beam_threshold if o.beam_threshold is not None else DEFAULT_BEAM_THRESHOLD
+            fl_options = LexiconDecoderOptions(
+                beam_size=o.beam, beam_size_token=tokens_per_frame, beam_threshold=threshold,
+                lm_weight=o.lm_weight, word_score=o.word_score, unk_score=o.unk_score, sil_score=o.sil_score,
+                log_add=False, criterion_type=CriterionType.CTC)
+            self._decoders[tokens_per_frame] = LexiconDecoder(fl_options, self.graph.trie, self.graph.lm,
+                                                              self.graph.silence, BLANK_INDEX, self.graph.unk_word,
+                                                              [], False)
+        return self._decoders[tokens_per_frame]
 
     def decode(self, logprobs: np.ndarray) -> list[str]:
-        emissions = np.ascontiguousarray(logprobs, dtype=np.float32)
-        frames = emissions.shape[0]
+        frames = logprobs.shape[0]
         if frames == 0:
             return []
-        results = self._decoder.decode(emissions.ctypes.data, frames, self.num_tokens)
+        emissions = np.ascontiguousarray(logprobs, dtype=np.float32)
+        tokens_per_frame = self.options.beam_size_token or self.num_tokens
+        if self.options.token_min_logp is not None:
+            emissions, kept = prune_tokens(emissions, self.options.token_min_logp)
+            tokens_per_frame = min(tokens_per_frame, kept)
+        results = self._decoder(tokens_per_frame).decode(emissions.ctypes.data, frames, self.num_tokens)
         if not results:
             return []
         entry = self.graph.word_dict.get_entry
         return [entry(i) for i in results[0].words if i >= 0 and i != self.graph.unk_word]
+
+
+def prune_tokens(logprobs: np.ndarray, min_logp: float) -> tuple[np.ndarray, int]:
+    """(frame, vocab) log-probabilities with every token below `min_logp`, except each frame's best,
+    set to PRUNED_LOGP (pyctcdecode's token_min_logp rule, applied before the C++ search), and the
+    largest number of tokens left in a frame."""
+    keep = logprobs >= min_logp
+    keep[np.arange(len(logprobs)), logprobs.argmax(axis=1)] = True
+    pruned = np.where(keep, logprobs, np.float32(PRUNED_LOGP)).astype(np.float32, copy=False)
+    return pruned, int(keep.sum(axis=1).max())

@@ -68,6 +68,8 @@ class PyctcdecodeBeamDecoder:
     def decode(self, logprobs: np.ndarray) -> list[str]:
         if logprobs.shape[0] == 0:
             return []
+        min_logp = self.options.token_min_logp
         text = self._decoder.decode(logprobs[:, self.keep], beam_width=self.options.beam,
-                                    beam_prune_logp=self._prune)
+                                    beam_prune_logp=self._prune,
+                                    token_min_logp=-np.inf if min_logp is None else min_logp)
         return text.split()
