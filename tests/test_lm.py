@@ -94,6 +94,7 @@ def test_gzipped_and_binary_models_score_like_the_arpa(small_lm, tmp_path):
     assert check_lm_file(gz).kind == "arpa.gz" and arpa_unigrams(gz) == arpa_unigrams(small_lm / "tiny.arpa")
     binary = build_binary(small_lm / "tiny.arpa", tmp_path / "tiny.bin")
     assert check_lm_file(binary).kind == "binary"
+    assert check_lm_file(build_binary(gz, tmp_path / "from_gz.bin")).kind == "binary"
     sentence = "THE DOG SAT ON THE MAT"
     reference = load_kenlm(small_lm / "tiny.arpa").score(sentence)
     for path in (gz, binary):

@@ -91,6 +91,8 @@ def compute_logprobs(am: AcousticModel, manifest: Manifest, max_tokens: int = DE
 
     from w2vtk.dataset import AudioDataset
 
+    if len(manifest) == 0:
+        raise W2vtkError(f"{manifest.source}: lists no audio; nothing to decode")
     empty = np.zeros((0, len(am.vocab)), dtype=np.float32)
     out = [empty] * len(manifest)
     sizes = np.asarray(manifest.sizes, dtype=np.int64)

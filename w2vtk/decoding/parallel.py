@@ -28,6 +28,9 @@ _WORKER_VOCAB: Vocabulary | None = None
 
 def _resources(key: tuple, build):
     if key not in _RESOURCES:
+        for old in _RESOURCES.values():
+            if hasattr(old, "cleanup"):
+                old.cleanup()  # pyctcdecode keeps its LMs in a class-level registry until then
         _RESOURCES.clear()
         _RESOURCES[key] = build()
     return _RESOURCES[key]
@@ -41,13 +44,10 @@ def make_decoder(vocab: Vocabulary, options: DecoderOptions) -> CtcDecoder:
 
         return GreedyDecoder(vocab)
     if options.decoder == "pyctcdecode":
-        from w2vtk.decoding.pyctcdecode_beam import PyctcdecodeBeamDecoder, lm_unigrams
-        from w2vtk.lm import load_kenlm
+        from w2vtk.decoding.pyctcdecode_beam import PyctcdecodeBeamDecoder, build_search
 
-        if options.lm is None:
-            return PyctcdecodeBeamDecoder(vocab, options)
-        model, unigrams = _resources(key, lambda: (load_kenlm(options.lm), lm_unigrams(options)))
-        return PyctcdecodeBeamDecoder(vocab, options, kenlm_model=model, unigrams=unigrams)
+        search = _resources(key, lambda: build_search(vocab, options))
+        return PyctcdecodeBeamDecoder(vocab, options, search=search)
     from w2vtk.decoding.flashlight_beam import FlashlightLexiconDecoder, build_search_graph
 
     graph = _resources(key, lambda: build_search_graph(vocab, options))

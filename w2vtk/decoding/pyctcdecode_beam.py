@@ -44,32 +44,36 @@ def lm_unigrams(options: DecoderOptions) -> list[str] | None:
     return None  # pyctcdecode then scores only complete words
 
 
+def build_search(vocab: Vocabulary, options: DecoderOptions):
+    """A pyctcdecode BeamSearchDecoderCTC with the LM and its unigram trie loaded (the slow part, done
+    once per process; weights are set per call)."""
+    from pyctcdecode import Alphabet, BeamSearchDecoderCTC, LanguageModel
+
+    from w2vtk.lm import load_kenlm
+
+    _, labels, is_bpe = pyctcdecode_labels(vocab)
+    language_model = None
+    if options.lm:
+        language_model = LanguageModel(load_kenlm(options.lm), lm_unigrams(options))
+    return BeamSearchDecoderCTC(Alphabet(labels, is_bpe), language_model)
+
+
 class PyctcdecodeBeamDecoder:
-    def __init__(self, vocab: Vocabulary, options: DecoderOptions, kenlm_model=None, unigrams=None):
-        """`kenlm_model`/`unigrams`: already loaded ones to reuse (see parallel.py's cache)."""
-        from pyctcdecode import Alphabet, BeamSearchDecoderCTC, LanguageModel
-
-        from w2vtk.lm import load_kenlm
-
+    def __init__(self, vocab: Vocabulary, options: DecoderOptions, search=None):
+        """`search`: an already built `build_search` result to reuse (see parallel.py's cache)."""
         self.options = options
-        self.keep, labels, is_bpe = pyctcdecode_labels(vocab)
-        language_model = None
-        if options.lm:
-            if kenlm_model is None:
-                kenlm_model = load_kenlm(options.lm)
-                unigrams = lm_unigrams(options)
-            # pyctcdecode multiplies alpha by ln(10) * log10 p; our lm_weight multiplies log10 p
-            language_model = LanguageModel(kenlm_model, unigrams, alpha=options.lm_weight / _LN10,
-                                           beta=options.word_score)
-        self._decoder = BeamSearchDecoderCTC(Alphabet(labels, is_bpe), language_model)
+        self.keep, _, _ = pyctcdecode_labels(vocab)
+        self._search = search or build_search(vocab, options)
         threshold = options.beam_threshold if options.beam_threshold is not None else DEFAULT_BEAM_THRESHOLD
         self._prune = -abs(threshold)
 
     def decode(self, logprobs: np.ndarray) -> list[str]:
         if logprobs.shape[0] == 0:
             return []
-        min_logp = self.options.token_min_logp
-        text = self._decoder.decode(logprobs[:, self.keep], beam_width=self.options.beam,
-                                    beam_prune_logp=self._prune,
-                                    token_min_logp=-np.inf if min_logp is None else min_logp)
+        o = self.options
+        # pyctcdecode multiplies alpha by ln(10) * log10 p; our lm_weight multiplies log10 p. Set on every
+        # call: the search (and its LM) is shared by the decoders of one process.
+        self._search.reset_params(alpha=float(o.lm_weight / _LN10), beta=float(o.word_score))
+        text = self._search.decode(logprobs[:, self.keep], beam_width=o.beam, beam_prune_logp=self._prune,
+                                   token_min_logp=-np.inf if o.token_min_logp is None else o.token_min_logp)
         return text.split()
