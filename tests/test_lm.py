@@ -151,6 +151,9 @@ def test_lexicons_from_word_lists_text_and_arpa(small_lm, tmp_path):
     (tmp_path / "bad.txt").write_text("HELLO\tH E L L O |\nWORLD\n")
     with pytest.raises(LanguageModelError, match=r"bad\.txt:2"):
         read_lexicon(tmp_path / "bad.txt")
+    (tmp_path / "noword.txt").write_text("HELLO\tH E L L O |\n\tW O R L D |\n")
+    with pytest.raises(LanguageModelError, match=r"noword\.txt:2: no word before the spelling"):
+        read_lexicon(tmp_path / "noword.txt")
 
 
 def test_lm_commands_in_process_and_as_a_subprocess(tmp_path):

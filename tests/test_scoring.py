@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from w2vtk.errors import W2vtkError
-from w2vtk.scoring import (DEL_COST, INS_COST, SUB_COST, Alignment, ErrorCounts, align, characters,
+from w2vtk.scoring import (DEL_COST, INS_COST, SUB_COST, ErrorCounts, align, characters,
                            errors_report, read_trn, score_corpus, summary_dict, write_trn)
 
 

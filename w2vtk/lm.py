@@ -127,8 +127,8 @@ def _run_lmplz(text: str | os.PathLike, sink: IO[bytes], order: int, prune: list
 
 
 def _lmplz_error_summary(stderr: str) -> str:
-    lines = [ln for ln in stderr.splitlines()
-             if ln.strip() and ln.strip() != "ERROR" and not ln.startswith(("=", "*", "-", "Chain", "Name:", "Reading"))]
+    progress = ("=", "*", "-", "Chain", "Name:", "Reading")
+    lines = [ln for ln in stderr.splitlines() if ln.strip() and ln.strip() != "ERROR" and not ln.startswith(progress)]
     return (lines[-1] if lines else "no message")[:300]
 
 
