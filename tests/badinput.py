@@ -133,14 +133,18 @@ def prepare_timit(root: Path, out: Path) -> list[str]:
     return ["prepare", "timit", str(root), str(out), "-j", "1"]
 
 
-def pretrain(ws: Workspace, data: Path, *extra: str, config: Path = PRETRAIN_CONF) -> list[str]:
-    return ["pretrain", "--config", str(config), "--data", str(data), "--train-subset", "train-clean-100",
-            "--exp-dir", str(ws.tmp / "exp"), "--max-updates", "1", *PRETRAIN_SMALL, *extra]
+def pretrain(ws: Workspace, data: Path, *extra: str, config: Path | None = None) -> list[str]:
+    """One update of the very small model; with `config`, that file's model instead (no overrides)."""
+    small = PRETRAIN_SMALL if config is None else []
+    return ["pretrain", "--config", str(config or PRETRAIN_CONF), "--data", str(data), "--train-subset",
+            "train-clean-100", "--exp-dir", str(ws.tmp / "exp"), "--max-updates", "1", *small, *extra]
 
 
-def finetune(ws: Workspace, data: Path, *extra: str, config: Path = FINETUNE_CONF) -> list[str]:
-    return ["finetune", "--config", str(config), "--data", str(data), "--train-subset", "train-clean-100",
-            "--labels", "ltr", "--exp-dir", str(ws.tmp / "exp"), "--max-updates", "1", *FINETUNE_SMALL, *extra]
+def finetune(ws: Workspace, data: Path, *extra: str, config: Path | None = None) -> list[str]:
+    small = FINETUNE_SMALL if config is None else []
+    return ["finetune", "--config", str(config or FINETUNE_CONF), "--data", str(data), "--train-subset",
+            "train-clean-100", "--labels", "ltr", "--exp-dir", str(ws.tmp / "exp"), "--max-updates", "1", *small,
+            *extra]
 
 
 def decode(ws: Workspace, data: Path, subset: str, *extra: str, checkpoint: Path | None = None) -> list[str]:
@@ -538,7 +542,7 @@ def config_negative_value(ws):
 @case
 def config_unknown_key(ws):
     cfg = _config(ws, PRETRAIN_CONF, "optim", "learning_rate", "0.001")
-    return Invocation(pretrain(ws, ws.prepared, config=cfg), error=(str(cfg), "learning_rate", "did you mean 'lr'"),
+    return Invocation(pretrain(ws, ws.prepared, config=cfg), error=(str(cfg), "unknown key 'learning_rate'", "known keys: lr"),
                       untouched=(ws.tmp / "exp",))
 
 
@@ -561,6 +565,18 @@ def config_integer_too_large(ws):
     cfg = _config(ws, PRETRAIN_CONF, "data", "max_tokens", "1.0e+300")
     return Invocation(pretrain(ws, ws.prepared, config=cfg), error=(str(cfg), "data.max_tokens"),
                       untouched=(ws.tmp / "exp",))
+
+
+@case
+def config_mask_longer_than_utterances(ws):
+    """Time-mask spans longer than every utterance are cut at the utterance's end: training runs."""
+    exp = ws.tmp / "exp"
+
+    def check(_stdout: str) -> None:
+        from w2vtk.checkpoint import load_checkpoint
+
+        assert load_checkpoint(exp / "checkpoints" / "last.pt")["trainer"]["step"] == 1
+    return Invocation(pretrain(ws, ws.prepared, "task.mask_length=1000000000"), check=check)
 
 
 @case

@@ -87,6 +87,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if not -2**63 <= value < 2**63:  # numpy and torch take 64-bit integers
+            raise ConfigError(f"{where}: {value!r} is out of range (a 64-bit integer)")
         return int(value)
     if tp is bool:
         if not isinstance(value, bool):
@@ -119,7 +121,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
         kwargs[key] = v
     try:
         obj = cls(**kwargs)
-    except (TypeError, ValueError, W2vtkError) as e:
+    except (TypeError, ValueError, OverflowError, W2vtkError) as e:  # OverflowError: int(inf) in a list
         raise ConfigError(f"{where}: {e}") from None
     validate = getattr(obj, "check", None)
     if validate is not None:

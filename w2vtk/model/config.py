@@ -50,7 +50,11 @@ class ModelConfig:
     normalize: bool = False  # the model expects zero-mean unit-variance waveforms (per utterance)
 
     def __post_init__(self) -> None:
-        self.conv_layers = [[int(v) for v in layer] for layer in self.conv_layers]
+        try:
+            self.conv_layers = [[int(v) for v in layer] for layer in self.conv_layers]
+        except (TypeError, ValueError, OverflowError):
+            raise W2vtkError(f"invalid model config: conv_layers {self.conv_layers!r} must be a list of "
+                             "[channels, kernel, stride] integers") from None
         self.validate()
 
     @property
