@@ -32,7 +32,8 @@ def span_mask(length: int, mask_prob: float, mask_length: int, min_masks: int,
         return np.zeros(0, dtype=np.int64)
     num = min(num, high)
     starts = rng.choice(high, num, replace=False)
-    idx = (starts[:, None] + np.arange(mask_length)[None, :]).reshape(-1)
+    # A span cannot reach past the utterance: never build offsets beyond its length (mask_length may be huge).
+    idx = (starts[:, None] + np.arange(min(mask_length, length))[None, :]).reshape(-1)
     return np.unique(idx[idx < length])
 
 
