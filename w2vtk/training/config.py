@@ -39,8 +39,9 @@ class OptimConfig:
     final_lr_scale: float = field(default=0.05, metadata=non_negative())
 
     def check(self, where: str) -> None:
-        if abs(sum(self.phase_ratio) - 1.0) > 1e-6:
-            raise ConfigError(f"{where}.phase_ratio: {list(self.phase_ratio)} must sum to 1")
+        if not all(0 <= r <= 1 for r in self.phase_ratio) or abs(sum(self.phase_ratio) - 1.0) > 1e-6:
+            raise ConfigError(f"{where}.phase_ratio: {list(self.phase_ratio)} must be three fractions within [0, 1] "
+                              "that sum to 1 (warmup, hold, decay)")
         if not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"{where}.betas: {list(self.betas)} must be within [0, 1)")
 
