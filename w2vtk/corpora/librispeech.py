@@ -73,7 +73,7 @@ def _read_transcript(path: Path, seen: dict[str, str]) -> dict[str, str]:
             raise W2vtkError(f"{path} line {n}: utterance {utt} has no transcript; expected "
                              "`<utt-id> TRANSCRIPT`")
         if utt in out or utt in seen:
-            raise W2vtkError(f"{path} line {n}: utterance {utt} appears twice")
+            raise W2vtkError(f"{path} line {n}: utterance {utt} appears twice; remove one of its lines")
         try:
             transcript_to_letters(words)
         except TranscriptError as e:
