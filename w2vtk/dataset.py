@@ -194,7 +194,10 @@ def load_dataset(data_dir: str | Path, subset: str, *, crop: bool, max_sample_si
             try:
                 labels.append(encode(line))
             except W2vtkError as e:
-                raise W2vtkError(f"{data_dir / f'{subset}.{label_ext}'}:{n}: {e}") from None
+                dictionary = data_dir / f"dict.{label_ext}.txt"
+                fix = (f"; the model's outputs are the symbols of {dictionary} (counted over the training subsets): "
+                       "add the symbol there and train anew, or fix the label") if dictionary.is_file() else ""
+                raise W2vtkError(f"{data_dir / f'{subset}.{label_ext}'}:{n}: {e}{fix}") from None
     ds = AudioDataset(manifest, labels=labels, crop=crop, max_sample_size=max_sample_size,
                       min_sample_size=min_sample_size, normalize=normalize, seed=seed)
     if ds.skipped:
