@@ -81,6 +81,16 @@ class AudioDataset(torch.utils.data.Dataset):
 
     def __getitems__(self, positions: Sequence[int]) -> Batch:
         """Load and collate one batch (the DataLoader calls this with a whole batch of positions)."""
+        try:
+            return self._load(positions)
+        except W2vtkError as e:
+            if torch.utils.data.get_worker_info() is None:
+                raise
+            # In a worker process torch would re-raise it with the worker's traceback in its message;
+            # handed over as data, `make_loader` raises it in the main process as it is.
+            return e
+
+    def _load(self, positions: Sequence[int]) -> Batch:
         positions = list(positions)
         ids = [int(self.indices[p]) for p in positions]
         sizes = [int(self.sizes[p]) for p in positions]
@@ -207,13 +217,18 @@ def load_dataset(data_dir: str | Path, subset: str, *, crop: bool, max_sample_si
 
 
 def make_loader(ds: AudioDataset, sampler: BucketBatchSampler, num_workers: int,
-                pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """A DataLoader whose workers prefetch whole batches. It has its own torch Generator so creating it
-    does not consume the global RNG (which dropout and Gumbel noise use; resumes must stay exact)."""
-    return torch.utils.data.DataLoader(
+                pin_memory: bool = False) -> Iterator[Batch]:
+    """Batches from a DataLoader whose workers prefetch whole batches. It has its own torch Generator so
+    creating it does not consume the global RNG (which dropout and Gumbel noise use; resumes must stay
+    exact). A W2vtkError met in a worker (a corrupt audio file) is raised here with its one-line message."""
+    loader = torch.utils.data.DataLoader(
         ds, batch_sampler=sampler, num_workers=num_workers, collate_fn=_identity,
         prefetch_factor=2 if num_workers > 0 else None, pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(0))
+    for batch in loader:
+        if isinstance(batch, W2vtkError):
+            raise batch
+        yield batch
 
 
 def _identity(batch: Batch) -> Batch:
