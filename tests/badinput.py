@@ -173,7 +173,7 @@ def flac_truncated(ws):
     decoded, here by `transcribe`."""
     victim = cut(chapter(copy_librispeech(ws))[1][0], 0.5)
     return Invocation(["transcribe", "--checkpoint", str(ws.checkpoint), str(victim)],
-                      error=(str(victim), "corrupt or truncated", "re-extract"))
+                      error=(str(victim), "corrupt or truncated", "re-extract or replace it"))
 
 
 @case
@@ -365,7 +365,7 @@ def audio_corrupted_after_prepare(ws):
     tsv.write_text("\n".join(lines) + "\n")
     for line in lines[1:]:
         scribble(root / "LibriSpeech" / "train-clean-100" / line.split("\t")[0], 100, 4000)
-    return Invocation(pretrain(ws, data, "data.num_workers=1"), error=(str(root), "re-extract"), process=True)
+    return Invocation(pretrain(ws, data, "data.num_workers=1"), error=(str(root), "re-extract or replace it"), process=True)
 
 
 # ------------------------------------------------------------------------------------------ transcripts and labels

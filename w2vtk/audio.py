@@ -163,8 +163,9 @@ def read_audio(path: str | os.PathLike, start: int = 0, num_samples: int | None 
     except AudioError:
         raise
     except Exception as e:
+        # Header reads (`prepare`) passed this file, so --skip-bad would not help: name the real fix.
         raise AudioError(f"{path}: cannot decode audio ({_reason(e)}); the file is corrupt or "
-                         "truncated: re-extract it, or pass --skip-bad") from None
+                         "truncated: re-extract or replace it") from None
     if wav.shape[0] == 0:
         raise AudioError(f"{path}: audio has no samples; re-extract or remove it")
     if channels > 1:
