@@ -16,7 +16,7 @@ from w2vtk.corpora.librispeech import prepare_librispeech
 from w2vtk.corpora.timit import CORE_TEST_SPEAKERS, DEV_SPEAKERS, prepare_timit
 from w2vtk.errors import W2vtkError
 from w2vtk.manifest import count_symbols, read_labels, read_manifest
-from w2vtk.text import PHONES_39, PHONES_48, PHONES_61, fold_61_to_39, transcript_to_letters
+from w2vtk.text import LETTERS, PHONES_39, PHONES_48, PHONES_61, fold_61_to_39, transcript_to_letters
 
 W2VTK = str(Path(sys.executable).with_name("w2vtk"))
 SUBSETS = ["dev-clean", "test-clean", "train-clean-100"]
@@ -80,7 +80,9 @@ def test_librispeech_manifests(synth_librispeech, prepared_librispeech):
     # The dictionary counts the training subset only.
     train = count_symbols((out / "train-clean-100.ltr").read_text().splitlines())
     dict_lines = (out / "dict.ltr.txt").read_text().splitlines()
-    assert dict_lines == [f"{s} {n}" for s, n in sorted(train.items(), key=lambda kv: (-kv[1], kv[0]))]
+    # ... and lists the letters it never saw at 0, so dev/test transcripts stay encodable.
+    full = {**{s: 0 for s in LETTERS + ["|"]}, **train}
+    assert dict_lines == [f"{s} {n}" for s, n in sorted(full.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
 def test_librispeech_cli_rerun_is_byte_identical(synth_librispeech, prepared_librispeech, tmp_path):

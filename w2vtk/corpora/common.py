@@ -7,6 +7,8 @@ all inputs are checked before the first output is written, and every output is a
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -20,6 +22,7 @@ from w2vtk.audio import SAMPLE_RATE, AudioError, audio_info
 from w2vtk.errors import W2vtkError
 from w2vtk.fileio import atomic_write_text
 from w2vtk.manifest import count_symbols, write_dict, write_subset
+from w2vtk.text import LETTERS, PHONES_39, PHONES_48, PHONES_61, WORD_SEPARATOR
 
 log = logging.getLogger(__name__)
 SKIPPED_FILE = "skipped.txt"
@@ -150,8 +153,26 @@ def _write_outputs(out_dir: Path, subsets: Sequence[SubsetPlan], kept: Mapping[s
         for name in names:
             for it in kept[name]:
                 counted.setdefault(str(it.path), it.labels[ext])
-        write_dict(out_dir / dict_name, count_symbols(counted[p] for p in sorted(counted)))
+        write_dict(out_dir / dict_name, with_alphabet(ext, count_symbols(counted[p] for p in sorted(counted))))
     return summaries
+
+
+def with_alphabet(ext: str, counts: Counter) -> Counter:
+    """Counts plus every symbol of the label alphabet the counts come from, unseen ones at 0.
+
+    A small training set may never use "Z" or a rare phone; a dictionary that still lists them keeps
+    dev and test transcripts encodable and the output layer the same for every corpus.
+    """
+    if ext == "ltr":
+        alphabet = LETTERS + [WORD_SEPARATOR]
+    elif ext == "phn":
+        seen = set(counts)
+        alphabet = next((list(s) for s in (PHONES_39, PHONES_48, PHONES_61) if seen <= set(s)), [])
+    else:
+        alphabet = []
+    for symbol in alphabet:
+        counts.setdefault(symbol, 0)
+    return counts
 
 
 def find_files(directory: Path, extensions: Sequence[str]) -> list[Path]:
