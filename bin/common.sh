@@ -97,7 +97,7 @@ _check_value() {
 }
 
 parse_options() {
-  [ "${options+set}" = set ] || die "parse_options: the script sets no 'options' array"
+  declare -p options >/dev/null 2>&1 || die "parse_options: the script sets no 'options' array"
   local flag name value command_line
   command_line=$(printf '%q ' "$0" "$@")
   while [ $# -gt 0 ]; do

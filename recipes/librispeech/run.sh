@@ -35,6 +35,8 @@
 #   --force BOOL          true: redo the selected stages even if done (default false)
 #   --corpus DIR          LibriSpeech: the folder holding train-clean-100/, dev-clean/, ... (or their
 #                         LibriSpeech/ parent); stage 0 is skipped when it is given
+#   --mirror URL          where stage 0 downloads openslr's resources 11 and 12 from (default
+#                         https://www.openslr.org/resources; mirrors: https://us.openslr.org/resources, ...)
 #   --librilight DIR      the extracted librispeech_finetuning/ (needed for --labelled 10m, 1h, 10h)
 #   --lm FILE             an n-gram LM, ARPA (.gz allowed) or KenLM binary, e.g. openslr's 4-gram.arpa.gz
 #   --lm-text FILE        text (one sentence per line, .gz allowed) to build a 4-gram from when no --lm
@@ -66,6 +68,7 @@ data=data/librispeech
 exp=""
 force=false
 corpus=""
+mirror=https://www.openslr.org/resources
 librilight=""
 lm=""
 lm_text=""
@@ -80,7 +83,7 @@ decoder=flashlight
 beam=50
 tune_subset=""
 tune_trials=32
-options=(stage stop_stage nj conf data exp force corpus librilight lm lm_text labelled init synthetic
+options=(stage stop_stage nj conf data exp force corpus mirror librilight lm lm_text labelled init synthetic
          pretrain_updates finetune_updates pretrain_args finetune_args decoder beam tune_subset tune_trials)
 
 recipe=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -136,15 +139,14 @@ valid_subset() {
 }
 
 # ---------------------------------------------------------------- 0: download
-openslr=https://www.openslr.org/resources
 if stage_selected 0; then
   if [ "$corpus" != "$download" ]; then
     log "Stage 0: download: skipped, using --corpus $corpus"
   else
     sig="subsets=all"$'\n'"labelled=$labelled"
-    if begin_stage 0 "download LibriSpeech from openslr.org" "$download" "$sig" resumable; then
-      if ! curl -sfI --max-time 20 "$openslr/12/" >/dev/null 2>&1; then
-        die "openslr.org cannot be reached from this machine. Download LibriSpeech (https://www.openslr.org/12)" \
+    if begin_stage 0 "download LibriSpeech from $mirror" "$download" "$sig" resumable; then
+      if ! curl -sfI --max-time 20 "$mirror/12/" >/dev/null 2>&1; then
+        die "$mirror cannot be reached from this machine. Download LibriSpeech (https://www.openslr.org/12)" \
             "and the 4-gram (https://www.openslr.org/11) elsewhere, then pass --corpus DIR (the folder holding" \
             "train-clean-100/, dev-clean/, ...) and --lm 4-gram.arpa.gz (or --lm-text FILE)"
       fi
@@ -154,12 +156,12 @@ if stage_selected 0; then
       }
       for subset in train-clean-100 train-clean-360 train-other-500 dev-clean dev-other test-clean test-other; do
         if [ ! -d "$download/LibriSpeech/$subset" ]; then
-          fetch "$openslr/12/$subset.tar.gz"
+          fetch "$mirror/12/$subset.tar.gz"
           run tar -xzf "$download/$subset.tar.gz" -C "$download"
           rm -f "$download/$subset.tar.gz"
         fi
       done
-      fetch "$openslr/11/4-gram.arpa.gz"
+      fetch "$mirror/11/4-gram.arpa.gz"
       if [[ $labelled =~ ^(10m|1h|10h)$ ]] && [ ! -d "$download/librispeech_finetuning" ]; then
         fetch https://dl.fbaipublicfiles.com/librilight/data/librispeech_finetuning.tgz
         run tar -xzf "$download/librispeech_finetuning.tgz" -C "$download"

@@ -107,13 +107,14 @@ if begin_stage 1 "prepare manifests (39 phones)" "$manifests" "$sig"; then
 fi
 
 # ---------------------------------------------------------------- 2: phone LM
-lm_bin=$lm_dir/phone.bin
+phone_lm=$lm_dir/phone.arpa
 stage_selected 2 && need_done "$manifests" "stage 1's manifests"
 sig="order=$lm_order"$'\n'"data=$(stamp "$manifests")"
 if begin_stage 2 "phone $lm_order-gram of the train transcripts" "$lm_dir" "$sig"; then
-  # Phones are the LM's words, kept as they are (lower case, `sil` included).
-  w2vtk lm train --order "$lm_order" --no-normalize "$manifests/train.phn" "$lm_dir/phone.arpa" --binary "$lm_bin"
-  need_files "$lm_bin"
+  # Phones are the LM's words, kept as they are (lower case, `sil` included). The model is small, so it
+  # stays in ARPA form, from which pyctcdecode also reads its word list.
+  w2vtk lm train --order "$lm_order" --no-normalize "$manifests/train.phn" "$phone_lm"
+  need_files "$phone_lm"
   end_stage "$lm_dir"
 fi
 
@@ -160,7 +161,7 @@ fi
 sig="beam=$beam"$'\n'"trials=$tune_trials"$'\n'"lm=$(stamp "$lm_dir")"$'\n'"model=$(stamp "$finetune_dir")"
 if begin_stage 5 "decode dev and test (greedy, and with the phone LM tuned on dev)" "$decode_dir" "$sig" resumable; then
   # pyctcdecode: lexicon-free, every phone a word of the phone LM.
-  lm_options=(--decoder pyctcdecode --lm "$lm_bin" --beam "$beam")
+  lm_options=(--decoder pyctcdecode --lm "$phone_lm" --beam "$beam")
   tune_options=(--trials "$tune_trials")
   decode_model "$finetune_dir/pretrained/checkpoints/best.pt" "$manifests" "$decode_dir/pretrained" phone-lm \
     dev dev test
