@@ -169,11 +169,20 @@ def manifest_sizes_match_audio(tsv: Path, expected_files: int) -> Callable[[str]
 
 @case
 def flac_truncated(ws):
-    """A FLAC cut after its first frames: `prepare` reads headers only, so the file is caught where it is
-    decoded, here by `transcribe`."""
+    """A FLAC cut in the middle, met by `transcribe`."""
     victim = cut(chapter(copy_librispeech(ws))[1][0], 0.5)
     return Invocation(["transcribe", "--checkpoint", str(ws.checkpoint), str(victim)],
                       error=(str(victim), "corrupt or truncated", "re-extract or replace it"))
+
+
+@case
+def flac_truncated_prepare(ws):
+    """The same cut met by `prepare`: a FLAC header states the length whatever the file holds, so the
+    header read checks the stream's last frame."""
+    root = copy_librispeech(ws)
+    victim = cut(chapter(root)[1][3], 0.5)
+    out = ws.tmp / "out"
+    return Invocation(prepare_librispeech(root, out), error=(str(victim), "truncated", "--skip-bad"), untouched=(out,))
 
 
 @case

@@ -67,8 +67,26 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
                          "not FLAC/WAV/SPHERE") from None
     if info.frames <= 0:
         raise AudioError(f"{path}: audio has no samples; re-extract or remove it")
+    if info.format == "FLAC":
+        _check_flac_decodes(path, info.frames)
     return AudioInfo(resampled_length(info.frames, info.samplerate), info.samplerate, info.channels,
                      info.format)
+
+
+def _check_flac_decodes(path: str | os.PathLike, frames: int) -> None:
+    """Decode a FLAC file whose end could not be checked from its last frame header (see _flac_header):
+    a FLAC header states the length whatever the file holds, so a cut or garbled file shows only here."""
+    decoded = 0
+    try:
+        with sf.SoundFile(str(path)) as f:
+            for block in f.blocks(blocksize=1 << 16, dtype="int16"):
+                decoded += len(block)
+    except Exception as e:  # libsndfile's error types vary by version
+        raise AudioError(f"{path}: cannot decode audio ({_reason(e)}); the file is corrupt or truncated: "
+                         "re-extract or replace it") from None
+    if decoded != frames:
+        raise AudioError(f"{path}: holds {decoded} samples but its header says {frames}; the file is corrupt "
+                         "or truncated: re-extract or replace it")
 
 
 def _parse_header(path: str | os.PathLike) -> tuple[int, int, int, str] | None:
@@ -110,7 +128,77 @@ def _flac_header(f, head: bytes) -> tuple[int, int, int, str] | None:
     sync = f.read(2)
     if len(sync) < 2 or sync[0] != 0xFF or sync[1] & 0xFE != 0xF8:
         return None
+    # The header states the length whatever the file holds: a file cut short (or a garbled STREAMINFO)
+    # shows in its last frame, whose first sample plus block size must be the stated length.
+    block_size = int.from_bytes(head[8:10], "big")
+    max_frame = int.from_bytes(head[15:18], "big") or 1 << 16
+    if _flac_last_frame_end(f, block_size, max_frame) != frames:
+        return None
     return frames, rate, channels, "FLAC"
+
+
+def _flac_last_frame_end(f, block_size: int, max_frame: int) -> int | None:
+    """The sample just after the last frame of a FLAC stream, from the last valid frame header in the
+    file's tail (sync code, reserved bits, CRC-8); None if none is found there."""
+    size = f.seek(0, os.SEEK_END)
+    start = max(0, size - max_frame - 32)
+    f.seek(start)
+    tail = f.read()
+    at = len(tail)
+    while True:
+        at = tail.rfind(b"\xff", 0, at)
+        if at < 0:
+            return None
+        end = _flac_frame_end(tail[at:at + 16], block_size)
+        if end is not None:
+            return end
+
+
+# FLAC frame header block sizes by their 4-bit code (6 and 7: stored after the coded number).
+_FLAC_BLOCK_SIZES = {1: 192, **{c: 576 << (c - 2) for c in range(2, 6)}, **{c: 256 << (c - 8) for c in range(8, 16)}}
+
+
+def _flac_frame_end(h: bytes, stream_block_size: int) -> int | None:
+    """First sample after the frame whose header starts `h`, or None if `h` is no valid frame header."""
+    if len(h) < 6 or h[1] & 0xFE != 0xF8 or h[3] & 1 or h[2] >> 4 == 0 or h[2] & 0xF == 15 or h[3] >> 4 > 10:
+        return None
+    variable = h[1] & 1
+    # The frame (fixed blocking) or sample (variable blocking) number, coded like UTF-8 in 1 to 7 bytes.
+    lead = h[4]
+    extra = next((n for n in range(7) if not (lead << n) & 0x80), 7) - 1
+    if extra < 0:
+        number, pos = lead, 5
+    elif 1 <= extra <= 6 and len(h) >= 5 + extra:
+        number = lead & (0x3F >> extra)
+        for b in h[5:5 + extra]:
+            if b & 0xC0 != 0x80:
+                return None
+            number = number << 6 | b & 0x3F
+        pos = 5 + extra
+    else:
+        return None
+    code = h[2] >> 4
+    if code in (6, 7):
+        n = code - 5
+        block = int.from_bytes(h[pos:pos + n], "big") + 1
+        pos += n
+    else:
+        block = _FLAC_BLOCK_SIZES[code]
+    pos += {12: 1, 13: 2, 14: 2}.get(h[2] & 0xF, 0)
+    if pos >= len(h) or _crc8(h[:pos]) != h[pos]:
+        return None
+    first = number if variable else number * stream_block_size
+    return first + block
+
+
+def _crc8(data: bytes) -> int:
+    """FLAC's frame-header CRC-8 (polynomial x^8 + x^2 + x + 1)."""
+    crc = 0
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc << 1 ^ 0x07) & 0xFF if crc & 0x80 else crc << 1 & 0xFF
+    return crc
 
 
 def _nist_header(head: bytes, file_size: int) -> tuple[int, int, int, str] | None:
