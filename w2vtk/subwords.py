@@ -64,4 +64,5 @@ class SubwordModel:
         return Vocabulary(SPECIAL_SYMBOLS + pieces, "sp")
 
     def encode(self, text: str) -> list[str]:
-        return self.sp.encode(text, out_type=str)
+        """Pieces of `text`; characters the model never saw become "<unk>" (w2vtk's unknown symbol)."""
+        return [self.sp.id_to_piece(i) for i in self.sp.encode(text)]
