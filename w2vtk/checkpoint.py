@@ -48,15 +48,27 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic[:2] != b"PK" and magic[:1] != b"\x80":  # a zip archive, or an old torch file (pickle protocol 2)
+        raise CheckpointError(f"{path}: cannot read checkpoint: not a torch checkpoint (it starts with {magic!r}); "
+                              "give a checkpoint written by w2vtk, or convert weights with `w2vtk import`")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        # torch's message opens with general advice; the line naming the refused object is the useful one
+        unsafe = [ln for ln in lines if any(w in ln for w in ("GLOBAL", "global", "Unsupported", "unrecognized"))]
+        if not unsafe:
+            raise CheckpointError(f"{path}: cannot read checkpoint ({(lines or [type(e).__name__])[-1][:200]}); "
+                                  "the file is truncated or not a torch checkpoint") from None
         raise CheckpointError(
             f"{path}: refused: the file's pickle would construct objects beyond tensors and plain data "
-            f"({str(e).splitlines()[0][:200]}), so loading it could run code. Only load checkpoints "
+            f"({unsafe[-1][:200]}), so loading it could run code. Only load checkpoints "
             "written by w2vtk, or convert trusted weights with `w2vtk import`") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(f"{path}: cannot read checkpoint ({str(e).splitlines()[0][:200]}); the file "
+    except Exception as e:  # weights-only loading runs no code: any other failure is a damaged file
+        detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path}: cannot read checkpoint ({detail}); the file "
                               "is truncated or not a torch checkpoint") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a w2vtk checkpoint; convert transformers or fairseq weights "
