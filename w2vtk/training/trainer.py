@@ -184,8 +184,9 @@ class Trainer:
         if self.dist.is_main:
             self._trim_log(resumed)
         trainable = lambda: [p for p in self.model.parameters() if p.requires_grad]  # noqa: E731
+        # In a log file (no terminal) the bar is redrawn every 30 s rather than continuously.
         bar = tqdm(total=max_updates, initial=self.step, desc=self.run.kind, unit="upd", dynamic_ncols=True,
-                   disable=not self.dist.is_main or not sys.stderr.isatty(), leave=True)
+                   disable=not self.dist.is_main, leave=True, mininterval=0.5 if sys.stderr.isatty() else 30)
         window: dict[str, float] = {}
         window_start = time.monotonic()
         metrics: dict[str, float] = {}
