@@ -21,11 +21,21 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except W2vtkError as e:
+            _close_progress_bars()
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+
+
+def _close_progress_bars() -> None:
+    """End the progress bars a failure left open, so that the error starts a line of its own (and no bar
+    redraws itself after it when the failed loop is cleaned up)."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"],
