@@ -1,0 +1,145 @@
+"""Timing machinery: ours and the reference each in its own worker process, run alternately.
+
+A worker builds one side of a benchmark, then runs one repetition per `run` request and answers
+with its wall time and CPU time (`time.process_time`, all threads of the worker). Only one worker
+works at a time, so the two sides never compete for the cores, and each worker's peak resident
+memory (`ru_maxrss`) is its own: the import of torch and of the side's libraries, the model, the
+optimizer state and the largest step.
+
+    parent                       worker (python -m bench.worker SPEC)
+    spawn --------------------> import, build, answer {"ready": ..., "rss_mb": ...}
+    "run" --------------------> one repetition -> {"wall": s, "cpu": s, ...}
+    "flops" ------------------> FLOPs of one repetition (FlopCounterMode) -> {"flops": n}
+    "quit" -------------------> {"peak_rss_mb": ...}, exit
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """The environment of a worker: OMP/MKL threads pinned, the repository importable."""
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(threads)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+class Worker:
+    """A benchmark side in a subprocess; `request` sends one command and returns its JSON answer."""
+
+    def __init__(self, spec: dict, threads: int):
+        self.spec = spec
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.worker", json.dumps(spec)], cwd=REPO,
+                                     env=thread_env(threads), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, bufsize=1)
+        self.ready = self._answer()
+
+    def _answer(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            code = self.proc.wait()
+            raise RuntimeError(f"benchmark worker {self.spec.get('bench')}/{self.spec.get('side')} exited "
+                               f"with status {code} (its error is above)")
+        return json.loads(line)
+
+    def request(self, command: str) -> dict:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self._answer()
+
+    def close(self) -> dict:
+        answer = self.request("quit")
+        self.proc.wait()
+        return answer
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@dataclass
+class SideResult:
+    walls: list[float] = field(default_factory=list)
+    cpus: list[float] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def wall(self) -> float:
+        return statistics.median(self.walls)
+
+    @property
+    def cpu(self) -> float:
+        return statistics.median(self.cpus)
+
+
+def alternate(specs: dict[str, dict], threads: int, warmup: int, reps: int, flops: bool = False,
+              log=print) -> dict[str, SideResult]:
+    """Start a worker per side, warm each up, then time `reps` repetitions alternating the sides
+    (the order flips every round). Returns each side's times, peak RSS and, if asked, FLOPs."""
+    workers: dict[str, Worker] = {}
+    results = {side: SideResult() for side in specs}
+    try:
+        for side, spec in specs.items():
+            t0 = time.perf_counter()
+            workers[side] = Worker(spec, threads)
+            results[side].extra.update(workers[side].ready)
+            results[side].extra["setup_s"] = time.perf_counter() - t0
+        for side, w in workers.items():
+            for i in range(warmup):
+                ans = w.request("run")
+                log(f"  {spec_name(w.spec)} warm-up {i + 1}: wall {ans['wall']:.2f} s, cpu {ans['cpu']:.2f} s")
+                results[side].extra.setdefault("warmup_walls", []).append(ans["wall"])
+        order = list(workers)
+        for r in range(reps):
+            for side in (order if r % 2 == 0 else order[::-1]):
+                ans = workers[side].request("run")
+                results[side].walls.append(ans["wall"])
+                results[side].cpus.append(ans["cpu"])
+                for k, v in ans.items():
+                    if k not in ("wall", "cpu"):
+                        results[side].extra[k] = v
+                log(f"  {spec_name(workers[side].spec)} rep {r + 1}/{reps}: wall {ans['wall']:.2f} s, "
+                    f"cpu {ans['cpu']:.2f} s")
+        if flops:
+            for side, w in workers.items():
+                results[side].extra["flops"] = w.request("flops")["flops"]
+        for side, w in workers.items():
+            results[side].extra.update(w.close())
+    finally:
+        for w in workers.values():
+            w.kill()
+    return results
+
+
+def spec_name(spec: dict) -> str:
+    return f"{spec['bench']}/{spec['side']}"
+
+
+def gemm_peak(threads: int, size: int = 2048, reps: int = 5, dtype: str = "float32") -> dict:
+    """This machine's GEMM throughput: the best of `reps` torch.mm of size^3, in a worker."""
+    w = Worker({"bench": "gemm", "side": dtype, "size": size, "dtype": dtype}, threads)
+    try:
+        walls, cpus = [], []
+        for _ in range(reps):
+            ans = w.request("run")
+            walls.append(ans["wall"])
+            cpus.append(ans["cpu"])
+        w.close()
+    finally:
+        w.kill()
+    flops = 2.0 * size**3
+    return {"flops_per_s": flops / min(walls), "flops_per_cpu_s": flops / min(cpus) * threads,
+            "size": size, "dtype": dtype, "walls": walls, "cpus": cpus}

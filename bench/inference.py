@@ -1,0 +1,37 @@
+"""A BASE CTC model's forward pass over 10 s utterances: ours against transformers' Wav2Vec2ForCTC.
+
+Both models have random weights of the same shapes (a 32-symbol letter head) and run in eval mode
+under torch.inference_mode, in fp32, on the same batch of real speech without padding.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+VOCAB_SIZE = 32
+
+
+def build(side: str, wav_path: str, size: str = "base"):
+    wav = torch.from_numpy(np.load(wav_path))
+    torch.manual_seed(1)
+    if side == "ours":
+        from w2vtk.model import base, tiny
+
+        model = (base if size == "base" else tiny)(vocab_size=VOCAB_SIZE, latent_vars=0).eval()
+
+        def run():
+            with torch.inference_mode():
+                logits, _ = model.ctc_logits(wav)
+            return {"frames": int(logits.shape[1])}
+    else:
+        from transformers import Wav2Vec2ForCTC
+
+        from bench.pretrain import hf_config
+
+        model = Wav2Vec2ForCTC(hf_config(size, vocab_size=VOCAB_SIZE)).eval()
+
+        def run():
+            with torch.inference_mode():
+                logits = model(wav).logits
+            return {"frames": int(logits.shape[1])}
+    return run

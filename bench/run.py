@@ -1,0 +1,263 @@
+"""Side-by-side benchmarks of w2vtk against the reference implementations.
+
+    python bench/run.py --json OUT.json                  # everything (about 10 minutes on a quiet 2-core CPU)
+    python bench/run.py --bench pretrain_fp32 --reps 5   # one benchmark, more repetitions
+
+Benchmarks (keys of OUT.json):
+  pretrain_fp32, pretrain_bf16  one BASE pretraining update on 4 x 5 s of speech, against transformers'
+                                Wav2Vec2ForPreTraining (fp32, and bf16 autocast); audio seconds per second
+  inference                     BASE CTC forward over 10 s utterances, against Wav2Vec2ForCTC; real-time factor
+  decode                        4-gram beam search (beam 50), against pyctcdecode's defaults; utterances/s, WER
+  prepare                       `prepare librispeech` over thousands of files, against a soundfile.info loop
+
+Each side runs in its own worker process (peak memory is its own) and the two alternate, one
+repetition at a time, after warm-up; medians of wall time and of CPU time are reported with the
+ratio ours/ref of the speeds (> 1: ours is faster). See bench/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import corpus, harness  # noqa: E402
+
+BENCHES = ("pretrain_fp32", "pretrain_bf16", "inference", "decode", "prepare")
+SAMPLE_RATE = 16000
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--json", type=Path, help="write the results here (atomically)")
+    p.add_argument("--bench", default=",".join(BENCHES),
+                   help=f"comma-separated benchmarks to run (default: all of {', '.join(BENCHES)})")
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch intra-op threads and OMP_NUM_THREADS of every worker (default 2)")
+    p.add_argument("--reps", type=int, default=None,
+                   help="timed repetitions per side (default: 3 for pretraining, 5 for the others)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed repetitions per side first (default 1)")
+    p.add_argument("--cache", type=Path, default=corpus.DEFAULT_CACHE,
+                   help="where the synthesized corpus, LM and inputs are kept (default bench/.cache)")
+    p.add_argument("--corpus", type=Path, default=None,
+                   help="an existing synthesized LibriSpeech corpus (with train-clean-100, test-clean and "
+                        "lm-text.txt) instead of synthesizing one")
+    p.add_argument("--size", choices=("base", "tiny"), default="base",
+                   help="model size for pretraining and inference; tiny is for smoke tests (default base)")
+    p.add_argument("--batch", type=int, default=4, help="pretraining utterances per batch (default 4)")
+    p.add_argument("--seconds", type=float, default=5.0, help="pretraining utterance length (default 5)")
+    p.add_argument("--infer-batch", type=int, default=4, help="inference utterances per forward (default 4)")
+    p.add_argument("--infer-seconds", type=float, default=10.0, help="inference utterance length (default 10)")
+    p.add_argument("--layerdrop", type=float, default=0.0,
+                   help="LayerDrop of both pretraining models (default 0: every layer runs every step)")
+    p.add_argument("--fused-adamw", action="store_true",
+                   help="also time our update with torch's fused AdamW (pretrain_*_fused_adamw keys)")
+    p.add_argument("--no-flops", action="store_true", help="skip FLOP counting (FlopCounterMode) of a step")
+    p.add_argument("--decode-utts", type=int, default=72, help="utterances decoded per repetition (default 72)")
+    p.add_argument("--decode-jobs", type=int, default=2, help="our decoding processes (default 2)")
+    p.add_argument("--prepare-copies", type=int, default=18,
+                   help="copies of the corpus files to scan (default 18: about 3000 files)")
+    p.add_argument("--prepare-jobs", type=int, default=2, help="our header-reading processes (default 2)")
+    args = p.parse_args(argv)
+    args.bench = [b.strip() for b in args.bench.split(",") if b.strip()]
+    unknown = [b for b in args.bench if b not in BENCHES]
+    if unknown:
+        p.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHES)}")
+    return args
+
+
+def _pair(ours: float, ref: float) -> dict:
+    return {"ours": ours, "ref": ref, "ratio": ours / ref if ref else None}
+
+
+def _speed_entry(res: dict, amount: float, unit: str, cpu_unit: str, threads: int) -> dict:
+    """Speeds from median times: `amount` units of work per repetition."""
+    ours, ref = res["ours"], res["ref"]
+    entry = {"unit": unit, **_pair(amount / ours.wall, amount / ref.wall),
+             "cpu": {"unit": cpu_unit, **_pair(amount / ours.cpu, amount / ref.cpu)},
+             "wall_s": {"ours": ours.walls, "ref": ref.walls}, "cpu_s": {"ours": ours.cpus, "ref": ref.cpus},
+             "threads": threads}
+    return entry
+
+
+def _memory(res: dict) -> dict:
+    return {"unit": "MB (peak RSS of each side's own worker process)",
+            **_pair(res["ours"].extra["peak_rss_mb"], res["ref"].extra["peak_rss_mb"]),
+            "after_import": {s: res[s].extra["rss_after_import_mb"] for s in ("ours", "ref")}}
+
+
+def run_pretrain(args, precision: str, wav_path: Path, gemm: dict, log, fused: bool = False) -> dict:
+    specs = {side: {"bench": "pretrain", "side": side, "precision": precision, "wav": str(wav_path),
+                    "layerdrop": args.layerdrop, "size": args.size, "fused_adamw": fused}
+             for side in ("ours", "ref")}
+    reps = args.reps or 3
+    res = harness.alternate(specs, args.threads, args.warmup, reps, flops=not args.no_flops, log=log)
+    audio = args.batch * args.seconds
+    entry = _speed_entry(res, audio, "audio s/s", "audio s per CPU s", args.threads)
+    entry["peak_rss_mb"] = _memory(res)
+    entry["batch"] = f"{args.batch} x {args.seconds:g} s"
+    if not args.no_flops:
+        flops = {s: res[s].extra["flops"] for s in ("ours", "ref")}
+        entry["flops_per_step"] = flops
+        entry["achieved_flops_per_s"] = {s: flops[s] / res[s].wall for s in flops}
+        peak = gemm["float32"]
+        # Fraction of the fp32 GEMM peak, by wall time and by CPU time (the latter compares CPU
+        # seconds with CPU seconds, so other processes' load affects it much less).
+        entry["gemm_fraction"] = {s: flops[s] / res[s].wall / peak["flops_per_s"] for s in flops}
+        entry["gemm_fraction_cpu"] = {s: flops[s] / res[s].cpu * args.threads / peak["flops_per_cpu_s"]
+                                      for s in flops}
+    entry["loss"] = {s: res[s].extra.get("loss") for s in ("ours", "ref")}
+    return entry
+
+
+def run_inference(args, wav_path: Path, log) -> dict:
+    specs = {side: {"bench": "inference", "side": side, "wav": str(wav_path), "size": args.size}
+             for side in ("ours", "ref")}
+    res = harness.alternate(specs, args.threads, args.warmup, args.reps or 5, log=log)
+    audio = args.infer_batch * args.infer_seconds
+    entry = _speed_entry(res, audio, "audio s/s", "audio s per CPU s", args.threads)
+    entry["rtf"] = {"unit": "compute s per audio s (lower is better)",
+                    "ours": res["ours"].wall / audio, "ref": res["ref"].wall / audio}
+    entry["rtf_cpu"] = {"unit": "CPU s per audio s", "ours": res["ours"].cpu / audio, "ref": res["ref"].cpu / audio}
+    entry["peak_rss_mb"] = _memory(res)
+    entry["batch"] = f"{args.infer_batch} x {args.infer_seconds:g} s"
+    return entry
+
+
+def run_decode(args, corpus_dir: Path, log) -> dict:
+    from bench import decode
+
+    arpa = corpus.four_gram(args.cache, corpus_dir)
+    task = decode.make_task(args.cache, corpus_dir, args.decode_utts)
+    specs = {"ours": {"bench": "decode", "side": "ours", "task": str(task), "lm": str(arpa),
+                      "jobs": args.decode_jobs},
+             "ref": {"bench": "decode", "side": "ref", "task": str(task), "lm": str(arpa)}}
+    res = harness.alternate(specs, args.threads, args.warmup, args.reps or 5, log=log)
+    n = res["ours"].extra["utterances"]
+    entry = _speed_entry(res, n, "utterances/s", "utterances per CPU s (all processes)", args.threads)
+    entry["wer"] = {"unit": "%", "ours": res["ours"].extra["wer"], "ref": res["ref"].extra["wer"],
+                    "greedy": decode.greedy_wer(str(task))}
+    entry["utterances"] = n
+    entry["jobs"] = {"ours": args.decode_jobs, "ref": 1}
+    entry["beam"] = decode.BEAM
+    return entry
+
+
+def run_prepare(args, corpus_dir: Path, log) -> dict:
+    root = corpus.prepare_corpus(args.cache, corpus_dir, args.prepare_copies)
+    specs = {"ours": {"bench": "prepare", "side": "ours", "corpus": str(root), "jobs": args.prepare_jobs},
+             "ref": {"bench": "prepare", "side": "ref", "corpus": str(root)}}
+    res = harness.alternate(specs, args.threads, args.warmup, args.reps or 5, log=log)
+    files = res["ref"].extra["files"]
+    if res["ours"].extra["files"] != files:
+        raise RuntimeError(f"prepare listed {res['ours'].extra['files']} files, the loop {files}")
+    entry = _speed_entry(res, files, "files/s", "files per CPU s (all processes)", args.threads)
+    entry["files"] = files
+    entry["jobs"] = {"ours": args.prepare_jobs, "ref": 1}
+    return entry
+
+
+def table(results: dict) -> str:
+    """A readable summary: speeds, ratios by wall and by CPU time, and the extras."""
+    rows = [("benchmark", "unit", "ours", "ref", "ratio", "ratio (CPU)", "notes")]
+    for key, e in results.items():
+        if not isinstance(e, dict) or "ratio" not in e:
+            continue
+        notes = []
+        if "peak_rss_mb" in e:
+            m = e["peak_rss_mb"]
+            notes.append(f"peak RSS {m['ours']:.0f}/{m['ref']:.0f} MB")
+        if "gemm_fraction" in e:
+            g, gc = e["gemm_fraction"], e["gemm_fraction_cpu"]
+            notes.append(f"GEMM peak {g['ours']:.0%}/{g['ref']:.0%} (CPU {gc['ours']:.0%}/{gc['ref']:.0%})")
+        if "rtf" in e:
+            notes.append(f"RTF {e['rtf']['ours']:.3f}/{e['rtf']['ref']:.3f}")
+        if "wer" in e:
+            notes.append(f"WER {e['wer']['ours']:.2f}/{e['wer']['ref']:.2f}% (greedy {e['wer']['greedy']:.2f}%)")
+        rows.append((key, e["unit"], f"{e['ours']:.3g}", f"{e['ref']:.3g}", f"{e['ratio']:.2f}x",
+                     f"{e['cpu']['ratio']:.2f}x", "; ".join(notes)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines) + "\n(ours/ref in the notes)"
+
+
+def machine_facts(threads: int) -> dict:
+    import torch
+
+    facts = {"threads": threads, "torch": torch.__version__, "python": platform.python_version(),
+             "cpu": _cpu_model(), "cores": os.cpu_count(), "load_average_start": os.getloadavg(),
+             "note": "taken on a machine shared with other work: compare the ratios, not the absolute figures"}
+    try:
+        import transformers
+
+        facts["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    return facts
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    args.cache.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    results: dict = {"machine": machine_facts(args.threads)}
+    corpus_dir = args.corpus or corpus.synth_corpus(args.cache)
+    pretraining = [b for b in args.bench if b.startswith("pretrain")]
+    if pretraining:
+        log("GEMM peak (torch.mm)")
+        results["gemm_peak"] = gemm = {d: harness.gemm_peak(args.threads, dtype=d) for d in ("float32", "bfloat16")}
+        import numpy as np
+
+        wav = corpus.speech_segments(corpus_dir, args.batch, args.seconds)
+        wav_path = args.cache / f"pretrain-{args.batch}x{args.seconds:g}.npy"
+        np.save(wav_path, wav)
+        for name in pretraining:
+            precision = name.split("_")[1]
+            log(f"{name}: BASE pretraining update on {args.batch} x {args.seconds:g} s ({precision})")
+            results[name] = run_pretrain(args, precision, wav_path, gemm, log)
+            if args.fused_adamw:
+                log(f"{name}_fused_adamw: the same with torch's fused AdamW on both sides")
+                results[name + "_fused_adamw"] = run_pretrain(args, precision, wav_path, gemm, log, fused=True)
+    if "inference" in args.bench:
+        import numpy as np
+
+        log(f"inference: CTC forward on {args.infer_batch} x {args.infer_seconds:g} s")
+        wav_path = args.cache / f"inference-{args.infer_batch}x{args.infer_seconds:g}.npy"
+        np.save(wav_path, corpus.speech_segments(corpus_dir, args.infer_batch, args.infer_seconds))
+        results["inference"] = run_inference(args, wav_path, log)
+    if "decode" in args.bench:
+        log(f"decode: 4-gram beam search over {args.decode_utts} utterances")
+        results["decode"] = run_decode(args, corpus_dir, log)
+    if "prepare" in args.bench:
+        log("prepare: manifest scan")
+        results["prepare"] = run_prepare(args, corpus_dir, log)
+    results["machine"]["load_average_end"] = os.getloadavg()
+    results["machine"]["total_s"] = time.perf_counter() - started
+    print(table(results))
+    if args.json:
+        from w2vtk.fileio import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(results, indent=1) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""One side of one benchmark, driven over stdin/stdout by bench.harness (see its docstring).
+
+Run as `python -m bench.worker '<json spec>'`; the spec names the benchmark ("pretrain",
+"inference", "decode", "prepare", "gemm"), the side ("ours" or "ref") and their settings.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+
+def rss_mb() -> float:
+    """Current resident memory of this process, MB."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's children: finished ones (getrusage) plus live ones (/proc),
+    so that work done in worker pools is counted too."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = ru.ru_utime + ru.ru_stime
+    me, tick = os.getpid(), os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me:  # fields[1] is the parent pid
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def cpu_seconds() -> float:
+    return time.process_time() + _children_cpu()
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+
+
+def build(spec: dict):
+    """The callable that runs one repetition, plus facts to report when ready."""
+    bench, side = spec["bench"], spec["side"]
+    if bench == "gemm":
+        import torch
+
+        dtype = getattr(torch, spec["dtype"])
+        a = torch.randn(spec["size"], spec["size"]).to(dtype)
+        b = torch.randn(spec["size"], spec["size"]).to(dtype)
+        torch.mm(a, b)
+
+        def run():
+            torch.mm(a, b)
+        return run, {}
+    if bench == "pretrain":
+        import numpy as np
+
+        from bench import pretrain
+
+        wav = np.load(spec["wav"])
+        step = pretrain.build(side, wav, spec["precision"], spec["layerdrop"], spec["fused_adamw"], spec["size"])
+        return step, {}
+    if bench == "inference":
+        from bench import inference
+
+        return inference.build(side, spec["wav"], spec["size"]), {}
+    if bench == "decode":
+        from bench import decode
+
+        return decode.build(side, spec), {}
+    if bench == "prepare":
+        from bench import prepare
+
+        return prepare.build(side, spec), {}
+    raise SystemExit(f"unknown benchmark {bench!r}")
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    out = sys.stdout
+    sys.stdout = sys.stderr  # library prints must not break the protocol
+    _set_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    base_rss = rss_mb()
+    run, facts = build(spec)
+    answer = {"ready": True, "rss_after_import_mb": base_rss, "rss_ready_mb": rss_mb(), **facts}
+    out.write(json.dumps(answer) + "\n")
+    out.flush()
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "run":
+            t0, c0 = time.perf_counter(), cpu_seconds()
+            result = run()
+            result = result if isinstance(result, dict) else {}
+            answer = {"wall": time.perf_counter() - t0, "cpu": cpu_seconds() - c0, **result}
+        elif command == "flops":
+            from torch.utils.flop_counter import FlopCounterMode
+
+            counter = FlopCounterMode(display=False)
+            with counter:
+                run()
+            answer = {"flops": counter.get_total_flops()}
+        elif command == "quit":
+            out.write(json.dumps({"peak_rss_mb": peak_rss_mb()}) + "\n")
+            out.flush()
+            return
+        else:
+            answer = {"error": f"unknown command {command!r}"}
+        out.write(json.dumps(answer) + "\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    main()
