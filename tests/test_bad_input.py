@@ -42,12 +42,14 @@ def assets(prepared_librispeech, synth_librispeech, tmp_path_factory) -> dict[st
 
 
 def snapshot(path: Path):
-    """What `path` holds: None if absent, bytes for a file, {relative path: bytes} for a folder."""
+    """What `path` holds: None if absent, bytes for a file, {relative path: bytes} for a folder. An
+    experiment folder's `.lock` (the flock file naming the last run's PID) is not an output."""
     if not path.exists():
         return None
     if path.is_file():
         return path.read_bytes()
-    return {str(p.relative_to(path)): p.read_bytes() if p.is_file() else None for p in sorted(path.rglob("*"))}
+    return {str(p.relative_to(path)): p.read_bytes() if p.is_file() else None for p in sorted(path.rglob("*"))
+            if p.name != ".lock"}
 
 
 def invoke(inv: Invocation) -> tuple[int, str, str]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
 from w2vtk.checkpoint import load_checkpoint
-from w2vtk.config import ConfigError, load_config, save_config, to_dict
+from w2vtk.config import ConfigError, load_config, to_dict
 from w2vtk.dataset import load_dataset
 from w2vtk.errors import W2vtkError
 from w2vtk.model.config import ModelConfig
@@ -59,12 +59,11 @@ def _start(cfg: TrainerConfig, seed: int) -> tuple[torch.device, D.DistInfo]:
     return device, info
 
 
-def _train(trainer: Trainer, exp_dir: Path, cfg: Any, info: D.DistInfo, max_updates: int) -> dict[str, float]:
+def _train(trainer: Trainer, exp_dir: Path, info: D.DistInfo, max_updates: int) -> dict[str, float]:
     lock = ExpDirLock(exp_dir) if info.is_main else None
     try:
         if lock:
             lock.__enter__()
-            save_config(cfg, exp_dir / "config.yaml")
         D.barrier(info)
         # Distinct dropout streams per rank, after the shared initialisation.
         torch.manual_seed(trainer.seed * 1000 + info.rank)
@@ -96,7 +95,7 @@ def pretrain(config: str | os.PathLike | None, data_dir: str | os.PathLike, trai
     trainer = Trainer(exp_dir=exp_dir, objective=objective, train=train, valid=valid, crop=True,
                       data_cfg=cfg.data, optim_cfg=cfg.optim, trainer_cfg=cfg.trainer,
                       run=RunInfo("pretrain", to_dict(cfg)), seed=seed, device=device, dist_info=info)
-    return _train(trainer, exp_dir, cfg, info, cfg.optim.max_updates)
+    return _train(trainer, exp_dir, info, cfg.optim.max_updates)
 
 
 def finetune(config: str | os.PathLike | None, data_dir: str | os.PathLike, train_subset: str, valid_subset: str | None,
@@ -124,7 +123,7 @@ def finetune(config: str | os.PathLike | None, data_dir: str | os.PathLike, trai
     trainer = Trainer(exp_dir=exp_dir, objective=objective, train=train, valid=valid, crop=False,
                       data_cfg=cfg.data, optim_cfg=cfg.optim, trainer_cfg=cfg.trainer, run=run, seed=seed,
                       device=device, dist_info=info)
-    return _train(trainer, exp_dir, cfg, info, cfg.optim.max_updates)
+    return _train(trainer, exp_dir, info, cfg.optim.max_updates)
 
 
 def _labels(cfg: FinetuneConfig, data_dir: Path, train_subset: str, exp_dir: Path, info: D.DistInfo):

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from w2vtk.audio import SAMPLE_RATE
 from w2vtk.checkpoint import CheckpointError, architecture_mismatch, load_checkpoint, save_checkpoint
+from w2vtk.config import save_config
 from w2vtk.dataset import AudioDataset, Batch, BucketBatchSampler, make_loader
 from w2vtk.errors import W2vtkError
 from w2vtk.fileio import atomic_write_text
@@ -183,6 +184,8 @@ class Trainer:
         resumed = self.resume()
         if self.dist.is_main:
             self._trim_log(resumed)
+            # Only now: a run refused on resume (another architecture) must leave the folder as it was.
+            save_config(self.run.train_config, self.exp_dir / "config.yaml")
         trainable = lambda: [p for p in self.model.parameters() if p.requires_grad]  # noqa: E731
         # In a log file (no terminal) the bar is redrawn every 30 s rather than continuously.
         bar = tqdm(total=max_updates, initial=self.step, desc=self.run.kind, unit="upd", dynamic_ncols=True,
