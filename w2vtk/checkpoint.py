@@ -39,8 +39,15 @@ class CheckpointError(W2vtkError):
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Write `payload` (plus format and version) to `path` atomically."""
     payload = {"format": FORMAT, "version": VERSION, **payload}
-    with atomic_open(path, "wb") as f:
-        torch.save(payload, f)
+    try:
+        with atomic_open(path, "wb") as f:
+            torch.save(payload, f)
+    except RuntimeError as e:
+        # torch's zip writer reports a failed write (a full disk) as a RuntimeError whose context is the
+        # OSError; raise that, so callers see the I/O error they handle.
+        if isinstance(e.__context__, OSError):
+            raise e.__context__ from None
+        raise
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -1,0 +1,301 @@
+"""Faults: training killed with SIGKILL at random moments, a checkpoint write that fails part-way (a full
+disk), `prepare` killed and re-run, two runs into one experiment folder, a torchrun job losing a worker.
+
+Kill moments come from a seeded RNG, so a failure can be replayed. Every run is a tiny model saving a
+checkpoint every update (see tiny_runs.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tiny_runs import (W2VTK, finetune_cmd, logged_steps, one_line_error, pretrain_cmd, run, start, train_losses,
+                       wait_for)
+from w2vtk.checkpoint import load_checkpoint
+
+KILL_SEED = 7
+UPDATES = 14
+KILLS_PER_STAGE = 5  # ten trials: five in pretraining, five in fine-tuning
+# Pretraining also validates (and so links best.pt) every few updates.
+PRETRAIN_VALID = ["--valid-subset", "dev-clean", "--valid-interval", "4", "data.max_valid_batches=1"]
+
+
+def _pretrain(data: Path, exp: Path, updates: int = UPDATES) -> list[str]:
+    return pretrain_cmd(data, exp, *PRETRAIN_VALID, updates=updates)
+
+
+def _finetune(data: Path, exp: Path, updates: int = UPDATES) -> list[str]:
+    return finetune_cmd(data, exp, updates=updates)
+
+
+COMMANDS = {"pretrain": _pretrain, "finetune": _finetune}
+
+
+@pytest.fixture(scope="module")
+def references(prepared_librispeech, tmp_path_factory) -> dict[str, Path]:
+    """Uninterrupted runs of both stages, the yardsticks for the interrupted ones."""
+    out = {}
+    for stage, command in COMMANDS.items():
+        exp = tmp_path_factory.mktemp(f"reference_{stage}") / "exp"
+        res = run(command(prepared_librispeech, exp))
+        assert res.returncode == 0, res.stderr[-3000:]
+        out[stage] = exp
+    return out
+
+
+def checkpoint_steps(exp: Path) -> dict[str, int]:
+    """{file name: update} of every checkpoint on disk; each must load."""
+    return {p.name: load_checkpoint(p)["trainer"]["step"] for p in sorted((exp / "checkpoints").glob("*.pt"))}
+
+
+def assert_same_losses(exp: Path, reference: Path) -> None:
+    ours, ref = train_losses(exp), train_losses(reference)
+    assert sorted(ours) == sorted(ref) == list(range(1, len(ref) + 1))
+    for step in ref:
+        assert abs(ours[step] - ref[step]) <= 1e-5 * max(1.0, abs(ref[step])), (step, ours[step], ref[step])
+
+
+def _updates_logged(log: Path) -> int:
+    """The last `train | update N` line this attempt wrote to its stderr."""
+    found = re.findall(r"train \| update (\d+) ", log.read_text()) if log.exists() else []
+    return int(found[-1]) if found else 0
+
+
+@pytest.mark.parametrize("stage", sorted(COMMANDS))
+def test_sigkill_at_random_moments_then_resume(stage, references, prepared_librispeech, tmp_path):
+    """Five kills at random moments (from start-up to checkpoint writing), each followed by a restart: every
+    restart resumes from the last checkpoint on disk, every checkpoint loads, and the losses of the
+    finished run equal those of an uninterrupted one."""
+    rng = np.random.default_rng([KILL_SEED, len(stage)])
+    exp = tmp_path / "exp"
+    cmd = COMMANDS[stage](prepared_librispeech, exp)
+    resumed_at = 0
+    interrupted = 0
+    for trial in range(KILLS_PER_STAGE + 1):
+        log = tmp_path / f"attempt{trial}.log"
+        proc = start(cmd, log=log)
+        if trial < KILLS_PER_STAGE:
+            # A random update of the rest of the run (0: during start-up), then a random delay.
+            target = int(rng.integers(resumed_at, UPDATES - 2))
+            assert wait_for(lambda: _updates_logged(log) >= target, proc), log.read_text()[-3000:]
+            time.sleep(float(rng.uniform(0.0, 0.4)))
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=600)
+        text = log.read_text()
+        assert "Traceback" not in text, text[-3000:]
+        if resumed_at:
+            assert f"resumed from {exp / 'checkpoints' / 'last.pt'} at update {resumed_at} " in text, text[-3000:]
+        if proc.returncode == -signal.SIGKILL:
+            interrupted += 1
+        else:
+            assert proc.returncode == 0, text[-3000:]
+        steps = checkpoint_steps(exp) if (exp / "checkpoints").exists() else {}
+        if "last.pt" in steps:
+            # last.pt names the newest numbered checkpoint, or the one before it when the kill came
+            # between writing a checkpoint and linking last.pt to it.
+            newest = max(v for k, v in steps.items() if k.startswith("checkpoint_"))
+            assert steps["last.pt"] in (newest, newest - 1), steps
+            assert steps["last.pt"] >= resumed_at
+            resumed_at = steps["last.pt"]
+    assert interrupted >= KILLS_PER_STAGE - 1, "the runs ended before they could be killed"
+    assert resumed_at == UPDATES
+    assert not list(exp.rglob(".*.tmp")), "temporary files of killed writes were left behind"
+    assert_same_losses(exp, references[stage])
+
+
+# ------------------------------------------------------------------------------------- a failed checkpoint write
+
+def _partial_write_then_fail(real_save, fail_on: int):
+    """torch.save that, from its `fail_on`-th call on, writes half of the real bytes and then fails as a
+    full disk does (inside torch's writer: a RuntimeError whose context is the OSError)."""
+    calls = {"n": 0}
+
+    def save(obj, f, *args, **kw):
+        calls["n"] += 1
+        if calls["n"] < fail_on:
+            return real_save(obj, f, *args, **kw)
+        buf = io.BytesIO()
+        real_save(obj, buf, *args, **kw)
+        f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc] . unexpected pos") from None
+    return save
+
+
+def test_checkpoint_write_failing_part_way_keeps_last_pt(prepared_librispeech, tmp_path, monkeypatch):
+    """In-process, with the failure injected into torch.save: the run stops with one line and status 2,
+    last.pt is the previous checkpoint, intact, and no temporary file is left."""
+    import w2vtk.checkpoint
+    from w2vtk.cli import main
+
+    monkeypatch.setattr(w2vtk.checkpoint.torch, "save", _partial_write_then_fail(torch.save, fail_on=3))
+    exp = tmp_path / "exp"
+    res = CliRunner().invoke(main, pretrain_cmd(prepared_librispeech, exp, updates=6)[1:])
+    assert res.exit_code == 2, (res.output, res.exception)
+    line = one_line_error(res.stderr)
+    assert "could not write the checkpoint of update 3" in line and "No space left on device" in line
+    assert "previous last.pt is intact" in line
+    assert checkpoint_steps(exp) == {"checkpoint_1.pt": 1, "checkpoint_2.pt": 2, "last.pt": 2}
+    assert not list(exp.rglob(".*.tmp"))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 12 MB tmpfs (needs root; skipped where mounting is not allowed), unmounted afterwards."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mnt)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(disk: Path, leave: int) -> None:
+    """Fill `disk` up to `leave` free bytes (one more filler file per call)."""
+    filler = disk / f"filler{len(list(disk.glob('filler*')))}"
+    with open(filler, "wb") as f, contextlib.suppress(OSError):
+        f.write(b"\0" * max(0, shutil.disk_usage(disk).free - leave))
+
+
+def test_full_disk_stops_training_cleanly_and_it_resumes(references, prepared_librispeech, small_disk):
+    """A real full disk (tmpfs): a checkpoint write runs out of space part-way. The run stops with one line
+    and status 2, every checkpoint on disk loads; a restart on the still-full disk stops the same way;
+    after space is freed the run resumes and ends with the losses of an uninterrupted run."""
+    exp = small_disk / "exp"
+    cmd = _pretrain(prepared_librispeech, exp)
+    log = small_disk.parent / "attempt.log"
+    proc = start(cmd, log=log)
+    assert wait_for(lambda: (exp / "checkpoints" / "last.pt").exists(), proc)
+    _fill(small_disk, leave=200_000)  # room for log lines, not for a checkpoint (~570 kB)
+    proc.wait(timeout=300)
+    text = log.read_text()
+    assert proc.returncode == 2, text[-3000:]
+    line = one_line_error(text)
+    assert "No space left on device" in line and "resume" in line
+    before = checkpoint_steps(exp)
+    assert 1 <= before["last.pt"] < UPDATES
+    assert not list(exp.rglob(".*.tmp"))
+
+    _fill(small_disk, leave=0)  # now not even the config file fits
+    res = run(cmd)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert "No space left on device" in one_line_error(res.stderr)
+    assert checkpoint_steps(exp) == before
+
+    for filler in small_disk.glob("filler*"):
+        filler.unlink()
+    res = run(cmd)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"at update {before['last.pt']} " in res.stderr
+    assert_same_losses(exp, references["pretrain"])
+
+
+# ------------------------------------------------------------------------------------- prepare
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file() and not p.name.startswith(".")}
+
+
+def test_prepare_killed_at_random_moments_then_rerun_gives_the_clean_output(synth_librispeech, prepared_librispeech,
+                                                                          tmp_path):
+    rng = np.random.default_rng([KILL_SEED, 1])
+    out = tmp_path / "data"
+    cmd = [W2VTK, "prepare", "librispeech", str(synth_librispeech), str(out), "-j", "2"]
+    for trial in range(3):
+        proc = start(cmd)
+        time.sleep(float(rng.uniform(0.5, 3.0)))
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    res = run(cmd)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert _files(out) == _files(prepared_librispeech)
+
+
+# ------------------------------------------------------------------------------------- one run per folder
+
+def test_second_finetune_into_a_busy_exp_dir_is_refused(prepared_librispeech, tmp_path):
+    exp = tmp_path / "exp"
+    log = tmp_path / "first.log"
+    first = start(_finetune(prepared_librispeech, exp, updates=100_000), log=log)
+    try:
+        assert wait_for(lambda: logged_steps(exp) >= 1, first), log.read_text()[-2000:]
+        before = (exp / "log.jsonl").stat().st_size
+        res = run(_finetune(prepared_librispeech, exp))
+        assert res.returncode == 2
+        line = one_line_error(res.stderr)
+        assert f"PID {first.pid}" in line and str(exp) in line and "another --exp-dir" in line
+        assert first.poll() is None and (exp / "log.jsonl").stat().st_size >= before
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+
+
+# ------------------------------------------------------------------------------------- torchrun
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(data: Path, exp: Path, port: int, updates: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
+            "-m", "w2vtk", *pretrain_cmd(data, exp, "data.max_tokens=48000", updates=updates)[1:]]
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed support")
+def test_torchrun_job_losing_a_worker_ends_cleanly_and_resumes(prepared_librispeech, tmp_path):
+    exp = tmp_path / "exp"
+    log = tmp_path / "job.log"
+    job = start(_torchrun(prepared_librispeech, exp, _free_port(), updates=400), log=log)
+    try:
+        assert wait_for(lambda: logged_steps(exp) >= 3, job), log.read_text()[-3000:]
+        workers = _children(job.pid)
+        assert len(workers) == 2, workers
+        os.kill(workers[1], signal.SIGKILL)
+        job.wait(timeout=180)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(job.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert job.returncode not in (0, None)
+    # the whole job is gone: no worker is left behind
+    with pytest.raises(ProcessLookupError):
+        os.killpg(job.pid, 0)
+    # the surviving worker stopped with our one-line message (or by torchrun's SIGTERM), no traceback
+    assert not [ln for ln in text.splitlines() if ln.startswith("[rank") and "Traceback" in ln], text[-3000:]
+    steps = checkpoint_steps(exp)
+    assert 1 <= steps["last.pt"] < 400
+    assert not list(exp.rglob(".*.tmp"))
+
+    res = run(_torchrun(prepared_librispeech, exp, _free_port(), updates=steps["last.pt"] + 2))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"at update {steps['last.pt']} " in res.stderr
+    assert load_checkpoint(exp / "checkpoints" / "last.pt")["trainer"]["step"] == steps["last.pt"] + 2
+    assert sorted(train_losses(exp)) == list(range(1, steps["last.pt"] + 3))
