@@ -5,6 +5,7 @@ function that knows nothing of click, so everything is usable from Python too.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 
@@ -23,6 +24,15 @@ class _Group(click.Group):
         except W2vtkError as e:
             _close_progress_bars()
             click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            _close_progress_bars()
+            where = f"{e.filename}: " if e.filename else ""
+            click.echo(f"error: {where}cannot write: {e.strerror}; free disk space and run the same command again "
+                       "(outputs are written atomically: finished files are intact, training resumes from its last "
+                       "checkpoint)", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)

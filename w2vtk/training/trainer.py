@@ -185,7 +185,8 @@ class Trainer:
         if self.dist.is_main:
             self._trim_log(resumed)
             # Only now: a run refused on resume (another architecture) must leave the folder as it was.
-            save_config(self.run.train_config, self.exp_dir / "config.yaml")
+            with self._writing(self.exp_dir / "config.yaml"):
+                save_config(self.run.train_config, self.exp_dir / "config.yaml")
         trainable = lambda: [p for p in self.model.parameters() if p.requires_grad]  # noqa: E731
         # In a log file (no terminal) the bar is redrawn every 30 s rather than continuously.
         bar = tqdm(total=max_updates, initial=self.step, desc=self.run.kind, unit="upd", dynamic_ncols=True,
@@ -331,8 +332,18 @@ class Trainer:
             log.info("train | update %d | %s", self.step, _fmt({k: v for k, v in rec.items() if k != "step"}))
 
     def _write_log(self, rec: dict[str, Any]) -> None:
-        with open(self.exp_dir / "log.jsonl", "a", encoding="utf-8") as f:
+        path = self.exp_dir / "log.jsonl"
+        with self._writing(path), open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
+
+    @contextlib.contextmanager
+    def _writing(self, path: Path):
+        """A failed write of the run's files (a full disk) stops the run with a message naming the file."""
+        try:
+            yield
+        except OSError as e:
+            raise W2vtkError(f"{path}: could not write ({e.strerror or e}) at update {self.step}; the checkpoints are "
+                             "intact: free disk space and run the same command to resume") from None
 
     def _trim_log(self, resumed: bool) -> None:
         """Drop log lines past the checkpoint a run resumes from (they will be logged again)."""
@@ -349,7 +360,8 @@ class Trainer:
                     keep.append(line)
             except json.JSONDecodeError:
                 pass  # a line cut by a kill
-        atomic_write_text(path, "".join(line + "\n" for line in keep))
+        with self._writing(path):
+            atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 def _accumulate(window: dict[str, float], stats: dict[str, float]) -> None:
