@@ -1,10 +1,12 @@
 """One run per experiment directory: an advisory lock that names the holder's PID.
 
 The lock is an flock on EXP/.lock, so the kernel releases it when the holder dies, even by kill -9;
-a stale file never blocks a restart.
+a stale file never blocks a restart. The holder removes the file when it finishes, so a run that was
+refused, or has ended, leaves nothing behind.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from pathlib import Path
@@ -19,14 +21,23 @@ class ExpDirLock:
 
     def __enter__(self) -> "ExpDirLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise W2vtkError(f"{self.path.parent}: another run is using this experiment directory (PID "
+                                 f"{holder}); wait for it to finish, stop it, or choose another --exp-dir") from None
+            # The previous holder may have removed the file between our open and flock: then we hold
+            # a lock on a file nobody else can see, so start again on the current one.
+            try:
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
             os.close(fd)
-            raise W2vtkError(f"{self.path.parent}: another run is using this experiment directory (PID "
-                             f"{holder}); wait for it to finish, stop it, or choose another --exp-dir") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
@@ -34,6 +45,8 @@ class ExpDirLock:
 
     def __exit__(self, *exc) -> None:
         if self.fd is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()  # while still holding the lock, so no one can take the old file
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
