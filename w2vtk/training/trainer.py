@@ -187,6 +187,11 @@ class Trainer:
             # Only now: a run refused on resume (another architecture) must leave the folder as it was.
             with self._writing(self.exp_dir / "config.yaml"):
                 save_config(self.run.train_config, self.exp_dir / "config.yaml")
+            # A run killed while writing a checkpoint leaves its temporary file; under the folder's lock no
+            # other run is writing, so what is there is stale.
+            for stale in self.ckpt_dir.glob(".*.tmp"):
+                log.info("removing %s, left by an interrupted checkpoint write", stale)
+                stale.unlink()
         trainable = lambda: [p for p in self.model.parameters() if p.requires_grad]  # noqa: E731
         # In a log file (no terminal) the bar is redrawn every 30 s rather than continuously.
         bar = tqdm(total=max_updates, initial=self.step, desc=self.run.kind, unit="upd", dynamic_ncols=True,
