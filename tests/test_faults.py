@@ -297,6 +297,7 @@ def test_torchrun_job_losing_a_worker_ends_cleanly_and_resumes(prepared_librispe
         os.killpg(job.pid, 0)
     # the surviving worker stopped with our one-line message (or by torchrun's SIGTERM), no traceback
     assert not [ln for ln in text.splitlines() if ln.startswith("[rank") and "Traceback" in ln], text[-3000:]
+    assert "error: rank 0: " in text or "SIGTERM" in text, text[-3000:]
     steps = checkpoint_steps(exp)
     assert 1 <= steps["last.pt"] < 400
     assert not list(exp.rglob(".*.tmp"))

@@ -7,12 +7,15 @@ every trainable parameter (zeros where a rank computed no gradient) handles both
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from w2vtk.errors import W2vtkError
 
 
 @dataclass(frozen=True)
@@ -41,9 +44,22 @@ def init_distributed(device: torch.device) -> DistInfo:
     return DistInfo(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size())
 
 
+@contextlib.contextmanager
+def _collective(info: DistInfo, what: str):
+    """A collective that fails because another process of the job died (gloo/nccl raise RuntimeError)
+    stops this process with a one-line message instead of a traceback; torchrun then ends the job."""
+    try:
+        yield
+    except RuntimeError as e:
+        detail = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise W2vtkError(f"rank {info.rank}: {what} failed ({detail}): another process of the job stopped; "
+                         "run the same command to resume from the last checkpoint") from None
+
+
 def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        with _collective(info, "summing statistics over processes"):
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
 
 
@@ -59,7 +75,8 @@ def all_reduce_grads(params: list[torch.nn.Parameter], info: DistInfo) -> None:
         by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
     for grads in by_dtype.values():
         flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        with _collective(info, "summing gradients over processes"):
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         offset = 0
         for g in grads:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
@@ -70,13 +87,15 @@ def gather_objects(obj, info: DistInfo) -> list:
     if not info.enabled:
         return [obj]
     out = [None] * info.world_size
-    dist.all_gather_object(out, obj)
+    with _collective(info, "gathering the random states of the processes"):
+        dist.all_gather_object(out, obj)
     return out
 
 
 def barrier(info: DistInfo) -> None:
     if info.enabled:
-        dist.barrier()
+        with _collective(info, "waiting for the other processes"):
+            dist.barrier()
 
 
 def shutdown(info: DistInfo) -> None:
