@@ -69,9 +69,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         if not unsafe:
             raise CheckpointError(f"{path}: cannot read checkpoint ({(lines or [type(e).__name__])[-1][:200]}); "
                                   "the file is truncated or not a torch checkpoint") from None
+        detail = unsafe[-1].split(" was not an allowed")[0].split(". Please use")[0]  # not torch's how-to-allow
         raise CheckpointError(
             f"{path}: refused: the file's pickle would construct objects beyond tensors and plain data "
-            f"({unsafe[-1][:200]}), so loading it could run code. Only load checkpoints "
+            f"({detail[:200]}), so loading it could run code. Only load checkpoints "
             "written by w2vtk, or convert trusted weights with `w2vtk import`") from None
     except Exception as e:  # weights-only loading runs no code: any other failure is a damaged file
         detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
