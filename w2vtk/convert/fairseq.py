@@ -100,9 +100,9 @@ def safe_load_fairseq(path: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: refused: the pickle needs something beyond tensors, plain data and fairseq's config "
             f"classes ({_unpickling_reason(e)}); loading it could run code, so w2vtk does not") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(f"{path}: cannot read ({str(e).splitlines()[0][:200]}); the file is truncated "
-                              "or not a torch checkpoint") from None
+    except Exception as e:  # weights-only loading runs no code: any other failure is a damaged file
+        raise CheckpointError(f"{path}: cannot read ({(str(e) or type(e).__name__).splitlines()[0][:200]}); the "
+                              "file is truncated or not a torch checkpoint") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
         raise CheckpointError(f"{path}: not a fairseq checkpoint (no 'model' state dict)")
     return {k: (v if k == "model" else to_plain(v)) for k, v in raw.items()}

@@ -12,7 +12,6 @@ import logging
 import os
 import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -203,8 +202,9 @@ def _read_weights(folder: Path) -> dict[str, Tensor]:
         except pickle.UnpicklingError as e:
             raise CheckpointError(f"{binary}: refused: its pickle would construct objects beyond tensors "
                                   f"({str(e).splitlines()[0][:200]}), so loading it could run code") from None
-        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-            raise CheckpointError(f"{binary}: cannot read ({str(e).splitlines()[0][:200]})") from None
+        except Exception as e:  # weights-only loading runs no code: any other failure is a damaged file
+            raise CheckpointError(f"{binary}: cannot read ({(str(e) or type(e).__name__).splitlines()[0][:200]}); "
+                                  "the file is truncated or not a torch file: re-download or re-export it") from None
         if not isinstance(state, dict):
             raise CheckpointError(f"{binary}: not a state dict")
         return state
