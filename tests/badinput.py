@@ -619,6 +619,30 @@ def arpa_truncated_decode(ws):
                       error=(str(victim), "truncated", "w2vtk lm train"), untouched=(ws.tmp / "decoded",))
 
 
+def _arpa_with_latin1(ws: Workspace) -> Path:
+    """The 3-gram with one word of its 2-gram section in Latin-1 (not UTF-8)."""
+    data = ws.arpa.read_bytes()
+    at = data.index(b"\\2-grams:")
+    at = data.index(b"\t", at) + 1
+    victim = ws.tmp / "latin1.arpa"
+    victim.write_bytes(data[:at] + b"CAF\xc9" + data[at:])
+    return victim
+
+
+@case
+def arpa_not_utf8_flashlight(ws):
+    victim = _arpa_with_latin1(ws)
+    return Invocation(decode(ws, ws.prepared, "dev-clean", "--lm", str(victim), "--lexicon", str(ws.lexicon)),
+                      error=(str(victim), "not UTF-8", "w2vtk lm train"), untouched=(ws.tmp / "decoded",))
+
+
+@case
+def arpa_not_utf8_pyctcdecode(ws):
+    victim = _arpa_with_latin1(ws)
+    return Invocation(decode(ws, ws.prepared, "dev-clean", "--lm", str(victim), "--decoder", "pyctcdecode"),
+                      error=(str(victim), "not UTF-8", "w2vtk lm train"), untouched=(ws.tmp / "decoded",))
+
+
 @case
 def arpa_order_too_high(ws):
     victim = ws.tmp / "7gram.arpa"

@@ -294,8 +294,16 @@ def check_lm_file(path: str | os.PathLike) -> LmFileInfo:
     return LmFileInfo(path, kind, tuple(counts[i] for i in range(1, order + 1)))
 
 
+# What KenLM's Python bindings raise for a bad file; UnicodeDecodeError when its message quotes bytes of the
+# file that are not UTF-8.
+KENLM_LOAD_ERRORS = (OSError, RuntimeError, UnicodeDecodeError)
+
+
 def kenlm_load_error(path: str | os.PathLike, err: Exception) -> LanguageModelError:
     """Turn KenLM's multi-line C++ exception text into our one-line message naming the file and the fix."""
+    if isinstance(err, UnicodeDecodeError):
+        return LanguageModelError(f"{path}: KenLM cannot read it: it holds bytes that are not UTF-8 text; the file is "
+                                  "corrupt: download it again or rebuild it with `w2vtk lm train`")
     msg = " ".join(str(err).split())
     if "compiled to support up to" in msg or "order" in msg and "KENLM_MAX_ORDER" in msg:
         return LanguageModelError(f"{path}: the model's order is higher than KenLM here supports ({MAX_ORDER}); "
@@ -315,7 +323,7 @@ def load_kenlm(path: str | os.PathLike):
         log.info("loading ARPA %s (convert it with `w2vtk lm binary` to load faster)", info.path)
     try:
         return kenlm.Model(str(info.path))
-    except (OSError, RuntimeError) as e:
+    except KENLM_LOAD_ERRORS as e:
         raise kenlm_load_error(info.path, e) from None
 
 

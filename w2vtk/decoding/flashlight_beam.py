@@ -53,7 +53,7 @@ def build_search_graph(vocab: Vocabulary, options: DecoderOptions) -> LexiconSea
     from flashlight.lib.text.decoder import SmearingMode, Trie, ZeroLM
     from flashlight.lib.text.dictionary import Dictionary
 
-    from w2vtk.lm import check_lm_file, kenlm_load_error
+    from w2vtk.lm import KENLM_LOAD_ERRORS, check_lm_file, kenlm_load_error
 
     lexicon = _lexicon(vocab, options)
     word_dict = Dictionary()
@@ -69,7 +69,7 @@ def build_search_graph(vocab: Vocabulary, options: DecoderOptions) -> LexiconSea
         info = check_lm_file(options.lm)
         try:
             lm = KenLM(str(info.path), word_dict)
-        except (RuntimeError, OSError) as e:
+        except KENLM_LOAD_ERRORS as e:
             raise kenlm_load_error(info.path, e) from None
     else:
         lm = ZeroLM()
