@@ -19,9 +19,10 @@
 #                        decides whether stage N, whose outputs are all in DIR, runs. False (skip) when
 #                        N is not selected, or DIR/.done exists and records the same SIGNATURE (a text
 #                        of the settings and upstream stamps the outputs depend on). Otherwise it
-#                        empties DIR and returns true; a `resumable` stage that crashed with the same
-#                        SIGNATURE keeps DIR, for commands that resume (training). --force true always
-#                        empties DIR and reruns a selected stage.
+#                        empties DIR and returns true. A `resumable` stage (its commands resume, like
+#                        training) keeps DIR after a crash with the same SIGNATURE, and a DIR without
+#                        markers (work started by hand). --force true always empties DIR and reruns a
+#                        selected stage.
 #   end_stage DIR        writes DIR/.done (the stage's last act, after validating its outputs).
 #   stamp DIR            the id of DIR/.done, for the signature of the stages that use DIR's output:
 #                        a stage redone upstream makes the stages downstream of it stale.
@@ -38,7 +39,7 @@ export PYTHONUNBUFFERED=1
 
 W2VTK_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 W2VTK=${W2VTK:-$W2VTK_ROOT/.venv/bin/w2vtk}
-W2VTK_PYTHON=${W2VTK_PYTHON:-$W2VTK_ROOT/.venv/bin/python}  # for the recipes' local/*.py helpers
+W2VTK_PYTHON=${W2VTK_PYTHON:-$W2VTK_ROOT/.venv/bin/python}  # local/*.py helpers, reading JSON
 _script_name=$(basename "$(cd "$(dirname "$0")" && pwd)")/$(basename "$0")
 
 log() {
@@ -143,9 +144,11 @@ begin_stage() {
     diff <(grep -v '^id=' "$dir/.done") <(printf '%s\n' "$signature") \
       | sed -n 's/^< /  was: /p; s/^> /  now: /p' >&2 || true
   fi
-  if [ "$resumable" = resumable ] && [ ! -f "$dir/.done" ] && [ "${force:-false}" != true ] \
-     && [ -f "$dir/.running" ] && [ "$(cat "$dir/.running")" = "$signature" ]; then
-    log "Stage $n: $title (resuming an interrupted run in $dir)"
+  # A resumable stage keeps what it finds unless it was forced, is stale, or crashed with other
+  # settings; a folder without markers (a run started by hand, e.g. with torchrun) is kept too.
+  if [ "$resumable" = resumable ] && [ -d "$dir" ] && [ ! -f "$dir/.done" ] && [ "${force:-false}" != true ] \
+     && { [ ! -f "$dir/.running" ] || [ "$(cat "$dir/.running")" = "$signature" ]; }; then
+    log "Stage $n: $title (resuming from what is in $dir)"
   else
     rm -rf "$dir"
     log "Stage $n: $title"
@@ -159,8 +162,9 @@ end_stage() {
   local dir=$1
   [ -f "$dir/.running" ] || die "end_stage $dir: the stage was not begun"
   # The id changes whenever the stage is redone, so stages that recorded it see they are stale.
-  { cat "$dir/.running"; printf 'id=%s-%s\n' "$(date +%s)" "$RANDOM$RANDOM"; } > "$dir/.done.tmp"
-  mv -f "$dir/.done.tmp" "$dir/.done"
+  local tmp=$dir/.done.$$.tmp
+  { cat "$dir/.running"; printf 'id=%s-%s\n' "$(date +%s)" "$RANDOM$RANDOM"; } > "$tmp"
+  mv -f "$tmp" "$dir/.done"
   rm -f "$dir/.running"
 }
 

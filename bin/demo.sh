@@ -4,7 +4,7 @@
 # model (pretraining, fine-tuning from scratch and from the pretrained model, greedy and 4-gram
 # decoding) and print its results table.
 #
-# Usage: bin/demo.sh [options]          (outputs: data/demo/, exp/demo/ in the repository; to run
+# Usage: bin/demo.sh [options]          (outputs: data/demo/ and exp/demo/ under --work; to run
 #        single stages, call recipes/librispeech/run.sh with the options this script passes it)
 #
 # Options (--name value or --name=value); the corpus size and update counts are tuned here:
@@ -14,6 +14,7 @@
 #   --pretrain-updates N  pretraining updates of the tiny model (default 300)
 #   --finetune-updates N  fine-tuning updates, for each of the two models (default 400)
 #   --nj N                parallel jobs for synthesis, preparation and decoding (default 2)
+#   --work DIR            folder for data/demo/ and exp/demo/ (default: the repository)
 #   --force BOOL          true: synthesize again and redo every recipe stage (default false)
 #
 # A second run skips the finished work and prints the table again in seconds.
@@ -25,14 +26,16 @@ speakers=8
 pretrain_updates=300
 finetune_updates=400
 nj=2
+work=""
 force=false
-options=(train_minutes eval_minutes speakers pretrain_updates finetune_updates nj force)
+options=(train_minutes eval_minutes speakers pretrain_updates finetune_updates nj work force)
 
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 parse_options "$@"
 stage=0 stop_stage=0  # for begin_stage: synthesis is this script's one stage of its own
 
-cd "$W2VTK_ROOT"
+mkdir -p "${work:=$W2VTK_ROOT}"
+cd "$work"
 corpus=data/demo/corpus
 sig="train_minutes=$train_minutes"$'\n'"eval_minutes=$eval_minutes"$'\n'"speakers=$speakers"
 if begin_stage 0 "synthesize a LibriSpeech-format corpus" "$corpus" "$sig"; then
@@ -43,8 +46,8 @@ if begin_stage 0 "synthesize a LibriSpeech-format corpus" "$corpus" "$sig"; then
 fi
 
 # The recipe's stage 0 (download) is skipped: the corpus is given.
-bash recipes/librispeech/run.sh --conf tiny --synthetic true --corpus "$corpus" \
+bash "$W2VTK_ROOT/recipes/librispeech/run.sh" --conf tiny --synthetic true --corpus "$corpus" \
   --lm-text "$corpus/lm-text.txt" --data data/demo --exp exp/demo --nj "$nj" --force "$force" \
   --pretrain-updates "$pretrain_updates" --finetune-updates "$finetune_updates"
 
-log "results: $W2VTK_ROOT/exp/demo/RESULTS.md (training curves in exp/demo/plots/)"
+log "results: $PWD/exp/demo/RESULTS.md (training curves in exp/demo/plots/)"

@@ -157,11 +157,19 @@ def test_crashed_resumable_stage_keeps_its_work(toy):
     work = script.parent
     _bash(script, "--fail", "true", cwd=work, ok=False)
     proc = _bash(script, cwd=work)
-    assert "resuming an interrupted run" in proc.stderr and "found a partial output" in proc.stderr
+    assert "resuming from what is in out" in proc.stderr and "found a partial output" in proc.stderr
     # With other settings the partial work is not reused.
     _bash(script, "--fail", "true", "--setting", "c", "--force", "true", cwd=work, ok=False)
     proc = _bash(script, "--setting", "d", cwd=work)
     assert "resuming" not in proc.stderr and "found a partial output" not in proc.stderr
+    # Work started by hand (no markers) is resumed; a forced stage starts afresh.
+    shutil.rmtree(work / "out")
+    (work / "out").mkdir()
+    (work / "out" / "partial").write_text("by hand")
+    proc = _bash(script, "--setting", "d", cwd=work)
+    assert "found a partial output" in proc.stderr
+    proc = _bash(script, "--setting", "d", "--force", "true", cwd=work)
+    assert "found a partial output" not in proc.stderr
 
 
 def test_w2vtk_must_exist(tmp_path):
@@ -313,6 +321,24 @@ def test_librispeech_forced_stage_that_crashes_reruns_cleanly(librispeech_run, t
     assert (plots / ".done").read_text() != done
     assert (work / LIBRI_STAGE_DIRS[5] / ".done").read_text() == decode_done
     assert (exp / "RESULTS.md").read_text() == results
+
+
+def test_librispeech_stage_2_with_a_given_lm(librispeech_run):
+    work, _, _ = librispeech_run
+    built = work / "data" / "librispeech" / "lm"
+    base = ["--corpus", "my corpus", "--stage", "2", "--stop-stage", "2"]
+    # An ARPA model: converted to binary, its unigrams make the lexicon.
+    _bash(LIBRISPEECH, *base, "--lm", str(built / "4gram.arpa"), "--data", "given arpa", cwd=work)
+    lm_dir = work / "given arpa" / "lm"
+    assert (lm_dir / "lm.bin").read_bytes()[:8] == b"mmap lm "
+    assert (lm_dir / "lexicon.txt").read_text() == (built / "lexicon.txt").read_text()
+    # A binary model has no word list to read: the recipe asks for one.
+    proc = _bash(LIBRISPEECH, *base, "--lm", str(built / "lm.bin"), "--data", "given bin", cwd=work, ok=False)
+    assert proc.returncode == 1 and "pass --lm-words FILE" in proc.stderr
+    _bash(LIBRISPEECH, *base, "--lm", str(built / "lm.bin"), "--lm-words", "my corpus/lm-text.txt",
+          "--data", "given bin", cwd=work)
+    assert (work / "given bin" / "lm" / "lexicon.txt").read_text().splitlines()[0].endswith(" |")
+    assert (work / "given bin" / "lm" / ".done").is_file()
 
 
 # ---------------------------------------------------------------- TIMIT end to end

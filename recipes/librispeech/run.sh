@@ -39,6 +39,8 @@
 #                         https://www.openslr.org/resources; mirrors: https://us.openslr.org/resources, ...)
 #   --librilight DIR      the extracted librispeech_finetuning/ (needed for --labelled 10m, 1h, 10h)
 #   --lm FILE             an n-gram LM, ARPA (.gz allowed) or KenLM binary, e.g. openslr's 4-gram.arpa.gz
+#   --lm-words FILE       the words the decoder may output, for its lexicon (default: the --lm's unigrams,
+#                         or the --lm-text's words); needed with a binary --lm, e.g. librispeech-vocab.txt
 #   --lm-text FILE        text (one sentence per line, .gz allowed) to build a 4-gram from when no --lm
 #   --labelled SET        labelled data for fine-tuning: 10m | 1h | 10h | 100h | 960h (default 100h)
 #   --init CKPT           start fine-tuning from this checkpoint (a w2vtk pretraining checkpoint or one
@@ -71,6 +73,7 @@ corpus=""
 mirror=https://www.openslr.org/resources
 librilight=""
 lm=""
+lm_words=""
 lm_text=""
 labelled=100h
 init=""
@@ -83,7 +86,7 @@ decoder=flashlight
 beam=50
 tune_subset=""
 tune_trials=32
-options=(stage stop_stage nj conf data exp force corpus mirror librilight lm lm_text labelled init synthetic
+options=(stage stop_stage nj conf data exp force corpus mirror librilight lm lm_words lm_text labelled init synthetic
          pretrain_updates finetune_updates pretrain_args finetune_args decoder beam tune_subset tune_trials)
 
 recipe=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -104,6 +107,8 @@ fi
 [ -z "$init" ] || [ -f "$init" ] || die "--init $init: no such file"
 [ -z "$lm" ] || [ -f "$lm" ] || die "--lm $lm: no such file"
 [ -z "$lm_text" ] || [ -f "$lm_text" ] || die "--lm-text $lm_text: no such file"
+[ -z "$lm_words" ] || [ -f "$lm_words" ] || die "--lm-words $lm_words: no such file"
+is_binary_lm() { [ "$(head -c 8 "$1")" = "mmap lm " ]; }  # KenLM's binary files start so
 
 manifests=$data/manifests
 lm_dir=$data/lm
@@ -215,17 +220,20 @@ if stage_selected 2 && [ -z "$lm" ] && [ -z "$lm_text" ]; then
   die "stage 2 needs an LM: --lm FILE (e.g. 4-gram.arpa.gz from https://www.openslr.org/11) or --lm-text FILE"
 fi
 sig="lm=${lm:+$(abspath "$lm")}"$'\n'"lm_text=${lm_text:+$(abspath "$lm_text")}"
+sig+=$'\n'"lm_words=${lm_words:+$(abspath "$lm_words")}"
 if begin_stage 2 "n-gram LM and lexicon" "$lm_dir" "$sig"; then
   if [ -n "$lm" ]; then
-    if [ "$(head -c 8 "$lm")" = "mmap lm " ]; then
+    if is_binary_lm "$lm"; then
+      [ -n "$lm_words" ] || die "--lm $lm is a KenLM binary, whose words cannot be listed: pass" \
+        "--lm-words FILE (e.g. librispeech-vocab.txt from https://www.openslr.org/11) for the lexicon"
       run cp "$lm" "$lm_bin"
     else
       w2vtk lm binary "$lm" "$lm_bin"
     fi
-    w2vtk lm lexicon "$lm" "$lexicon"
+    w2vtk lm lexicon "${lm_words:-$lm}" "$lexicon"
   else
     w2vtk lm train --order 4 "$lm_text" "$lm_dir/4gram.arpa" --binary "$lm_bin"
-    w2vtk lm lexicon "$lm_dir/4gram.arpa" "$lexicon"
+    w2vtk lm lexicon "${lm_words:-$lm_dir/4gram.arpa}" "$lexicon"
   fi
   need_files "$lm_bin" "$lexicon"
   end_stage "$lm_dir"
