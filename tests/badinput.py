@@ -325,6 +325,26 @@ def rate_44khz(ws):
 
 
 @case
+def rate_in_a_corrupt_header(ws):
+    """A WAV header whose sample rate field is garbage (654 MHz): resampling it would need gigabytes."""
+    folder = audio_folder(ws)
+    victim = write_sound(folder / "bad-rate.wav", tone(0.5))
+    data = bytearray(victim.read_bytes())
+    data[24:28] = (654319424).to_bytes(4, "little")
+    victim.write_bytes(bytes(data))
+    out = ws.tmp / "out"
+    return Invocation(prepare_audio(folder, out), error=(str(victim), "654319424 Hz", "sox"), untouched=(out,))
+
+
+@case
+def rate_unusual(ws):
+    """16001 Hz is a valid header, but no rate w2vtk resamples cheaply: `transcribe` says how to convert it."""
+    victim = write_sound(ws.tmp / "odd.wav", tone(0.5, 16001), 16001)
+    return Invocation(["transcribe", "--checkpoint", str(ws.checkpoint), str(victim)],
+                      error=(str(victim), "16001 Hz", "sox IN -r 16000 OUT"))
+
+
+@case
 def stereo_file(ws):
     """Stereo is down-mixed (with a warning): `transcribe` reads it like its mono mix."""
     stereo = write_sound(ws.tmp / "stereo.flac", tone(1.5, channels=2))

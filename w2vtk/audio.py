@@ -40,6 +40,18 @@ def resampled_length(frames: int, sample_rate: int, target: int = SAMPLE_RATE) -
     return math.ceil(frames * target / sample_rate)
 
 
+# Resampling r -> 16 kHz costs about (r/g) * (16000/g) kernel taps (g = gcd): fine for the usual rates
+# (44.1 kHz: 441/160), but a corrupt header's rate (16001 Hz, 654 MHz) would need gigabytes.
+MAX_RESAMPLE_RATIO_TERM = 1000
+
+
+def _check_rate(path: str | os.PathLike, rate: int) -> None:
+    g = math.gcd(rate, SAMPLE_RATE) if rate > 0 else 1
+    if rate <= 0 or rate // g > MAX_RESAMPLE_RATIO_TERM or SAMPLE_RATE // g > MAX_RESAMPLE_RATIO_TERM:
+        raise AudioError(f"{path}: sample rate {rate} Hz is not one w2vtk resamples (the header is corrupt, or the "
+                         "rate is unusual): re-extract the file, or convert it to 16 kHz, e.g. `sox IN -r 16000 OUT`")
+
+
 def _check_path(path: str | os.PathLike) -> None:
     if os.path.isdir(path):
         raise AudioError(f"{path}: is a directory, not an audio file; remove it or rename it")
@@ -59,6 +71,7 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     fast = _parse_header(path)
     if fast is not None:
         frames, rate, channels, fmt = fast
+        _check_rate(path, rate)
         return AudioInfo(resampled_length(frames, rate), rate, channels, fmt)
     try:
         info = sf.info(str(path))
@@ -67,6 +80,7 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
                          "not FLAC/WAV/SPHERE") from None
     if info.frames <= 0:
         raise AudioError(f"{path}: audio has no samples; re-extract or remove it")
+    _check_rate(path, info.samplerate)
     if info.format == "FLAC":
         _check_flac_decodes(path, info.frames)
     return AudioInfo(resampled_length(info.frames, info.samplerate), info.samplerate, info.channels,
@@ -242,6 +256,7 @@ def read_audio(path: str | os.PathLike, start: int = 0, num_samples: int | None 
     try:
         with sf.SoundFile(str(path)) as f:
             rate, channels = f.samplerate, f.channels
+            _check_rate(path, rate)
             if rate == SAMPLE_RATE and (start or num_samples is not None):
                 f.seek(start)
                 wav = f.read(frames=-1 if num_samples is None else num_samples, dtype="float32",
