@@ -144,6 +144,37 @@ def test_config_file_bytes(scratch, data):
     only_clear_errors(load_config, PretrainConfig, path)
 
 
+json_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False),
+                                     st.text(max_size=6), st.sampled_from(["F32", "F16", "I64", "BOOL", "X"])),
+                           lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                   st.dictionaries(st.sampled_from(["dtype", "shape", "data_offsets",
+                                                                                    "__metadata__"]), inner,
+                                                                   max_size=4)), max_leaves=12)
+
+
+small = st.one_of(st.integers(-3, 20), st.sampled_from([0.0, 4.0, True, 2**63, "4"]))
+tensor_entries = st.fixed_dictionaries({"dtype": st.sampled_from(["F32", "F16", "I64", "BOOL", "U8"]),
+                                        "shape": st.lists(small, max_size=3),
+                                        "data_offsets": st.lists(small, min_size=2, max_size=2)})
+
+
+@FUZZ
+@given(header=st.dictionaries(st.text(max_size=6), st.one_of(tensor_entries, json_values), max_size=3),
+       body=st.binary(max_size=64),
+       size_delta=st.sampled_from([0, 0, 0, -1, 1, 2**40]))
+def test_safetensors_reader(scratch, header, body, size_delta):
+    """The weight file of a transformers folder (`w2vtk import`): a JSON header describing the tensors."""
+    import json
+    import struct
+
+    from w2vtk.convert.safetensors import read_safetensors
+
+    text = json.dumps(header).encode()
+    path = scratch / "model.safetensors"
+    path.write_bytes(struct.pack("<Q", max(0, len(text) + size_delta)) + text + body)
+    only_clear_errors(read_safetensors, path)
+
+
 # ------------------------------------------------------------------------------------- binary readers
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,8 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             dtype = _DTYPES[info["dtype"]]
             begin, end = info["data_offsets"]
             shape = [int(s) for s in info["shape"]]
+            if not all(type(x) is int for x in (begin, end, *info["shape"])) or min(shape, default=0) < 0:
+                raise ValueError("offsets and dimensions must be non-negative integers")
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry {info!r}") from None
         count = 1
