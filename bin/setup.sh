@@ -25,7 +25,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 cache=${W2VTK_CACHE:-$HOME/.cache/w2vtk}
-key=$(cat requirements.txt bin/setup.sh | sha256sum | cut -c1-16)
+# Bump when build_env changes in a way that needs a new environment.
+env_recipe="venv+requirements+kenlm-tools v1"
+key=$( { cat requirements.txt; echo "$env_recipe"; } | sha256sum | cut -c1-16)
 env_dir="$cache/env-$key"
 mkdir -p "$cache"
 
@@ -34,8 +36,9 @@ build_env() {
   rm -rf "$env_dir"
   log "creating Python environment $env_dir (about 5 minutes)"
   python3 -m venv "$env_dir"
-  "$env_dir/bin/pip" install -q --upgrade pip
-  "$env_dir/bin/pip" install -q --no-binary kenlm -r requirements.txt
+  # pip warns about every package the machine's extra local indexes lack; those lines are noise.
+  "$env_dir/bin/pip" install -q --upgrade pip 2> >(grep -v "^WARNING: Location" >&2)
+  "$env_dir/bin/pip" install -q --no-binary kenlm -r requirements.txt 2> >(grep -v "^WARNING: Location" >&2)
   log "building KenLM's lmplz and build_binary"
   local src; src=$(mktemp -d)
   "$env_dir/bin/pip" download -q --no-deps --no-binary :all: -d "$src" "$(grep -E '^kenlm==' requirements.txt)"
