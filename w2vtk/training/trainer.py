@@ -214,7 +214,7 @@ class Trainer:
                 group = []
                 _accumulate(window, stats)
                 bar.update(1)
-                bar.set_postfix(loss=f"{stats['loss']:.3f}", **_progress_fields(stats))
+                bar.set_postfix(loss=f"{stats['loss']:.3f}", **_progress_fields(stats), refresh=False)
                 if self.step % self.cfg.log_interval == 0 or self.step == max_updates:
                     elapsed = time.monotonic() - window_start
                     self._log_train(window, elapsed)
