@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import json
 import os
 import re
 import shutil
@@ -23,7 +24,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tiny_runs import (W2VTK, finetune_cmd, logged_steps, one_line_error, pretrain_cmd, run, start, train_losses,
+from tiny_runs import (ENV, ROOT, W2VTK, finetune_cmd, logged_steps, one_line_error, pretrain_cmd, run, start, train_losses,
                        wait_for)
 from w2vtk.checkpoint import load_checkpoint
 
@@ -123,6 +124,39 @@ def test_sigkill_at_random_moments_then_resume(stage, references, prepared_libri
     assert resumed_at == UPDATES
     assert not list(exp.rglob(".*.tmp")), "temporary files of killed writes were left behind"
     assert_same_losses(exp, references[stage])
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL inside an in-process run: nothing after it runs."""
+
+
+def test_death_between_the_best_and_last_links_loses_nothing(prepared_librispeech, tmp_path, monkeypatch):
+    """A run that dies between the two links of its final, best checkpoint (random kills seldom land
+    there): the re-run still ends with best.pt and last.pt at the final update."""
+    from w2vtk.cli import main
+
+    real_replace = os.replace
+    links: list[str] = []
+
+    def replace(src, dst, *args, **kw):
+        name = Path(dst).name
+        if name in ("best.pt", "last.pt") and "checkpoint_3.pt" in {p.name for p in Path(dst).parent.iterdir()}:
+            links.append(name)
+            if len(links) == 2:
+                raise _Killed
+        return real_replace(src, dst, *args, **kw)
+
+    exp = tmp_path / "exp"
+    cmd = pretrain_cmd(prepared_librispeech, exp, "--valid-subset", "dev-clean", "--valid-interval", "3",
+                       "data.max_valid_batches=1", updates=3)[1:]
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(_Killed):
+        CliRunner().invoke(main, cmd)
+    monkeypatch.setattr(os, "replace", real_replace)
+    res = CliRunner().invoke(main, cmd)
+    assert res.exit_code == 0, res.output
+    steps = checkpoint_steps(exp)
+    assert steps["last.pt"] == steps["best.pt"] == 3, steps
 
 
 # ------------------------------------------------------------------------------------- a failed checkpoint write
@@ -307,3 +341,86 @@ def test_torchrun_job_losing_a_worker_ends_cleanly_and_resumes(prepared_librispe
     assert f"at update {steps['last.pt']} " in res.stderr
     assert load_checkpoint(exp / "checkpoints" / "last.pt")["trainer"]["step"] == steps["last.pt"] + 2
     assert sorted(train_losses(exp)) == list(range(1, steps["last.pt"] + 3))
+
+
+# ------------------------------------------------------------------------------------- recipes
+
+RECIPE = ROOT / "recipes" / "librispeech" / "run.sh"
+# The tiny recipe with two updates per training stage (a checkpoint every update), one fine-tuned model.
+RECIPE_ARGS = ["--conf", "tiny", "--corpus", "my corpus", "--lm-text", "my corpus/lm-text.txt", "--synthetic", "false",
+               "--pretrain-updates", "3", "--finetune-updates", "3", "--pretrain-args", "trainer.save_interval=1",
+               "--finetune-args", "trainer.save_interval=1", "--tune-trials", "2", "--beam", "4", "--nj", "1"]
+TIMING_KEYS = {"audio_seconds_per_second"}
+
+
+def recipe_outputs(work: Path) -> dict[str, object]:
+    """What a recipe run leaves under data/ and exp/, comparable between runs: checkpoints as their step
+    and tensors, training logs without timings, every other file as bytes. Stage markers (which carry a
+    run id) and the log-probability cache (named by the checkpoint's bytes) are left out."""
+    out: dict[str, object] = {}
+    for p in sorted(work.rglob("*")):
+        rel = p.relative_to(work).as_posix()
+        if not p.is_file() or rel.startswith("my corpus/") or p.name in (".done", ".running", ".lock"):
+            continue
+        if "/logprobs/" in rel or p.suffix == ".log":
+            continue
+        if p.suffix == ".pt":
+            ckpt = load_checkpoint(p)
+            out[rel] = (ckpt["kind"], (ckpt.get("trainer") or {}).get("step"), ckpt["model"])
+        elif p.name == "log.jsonl":
+            out[rel] = [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
+                        for line in p.read_text().splitlines()]
+        else:
+            out[rel] = p.read_bytes()
+    return out
+
+
+def assert_same_outputs(ours: dict[str, object], clean: dict[str, object]) -> None:
+    assert sorted(ours) == sorted(clean)
+    for rel, want in clean.items():
+        got = ours[rel]
+        if rel.endswith(".pt"):
+            assert got[:2] == want[:2], rel
+            for k in want[2]:
+                assert torch.allclose(got[2][k], want[2][k], atol=1e-5, rtol=1e-4), (rel, k)
+        elif rel.endswith("log.jsonl"):
+            assert len(got) == len(want), rel
+            for a, b in zip(got, want):
+                assert a.keys() == b.keys() and all(
+                    a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6) if isinstance(b[k], float) else a[k] == b[k]
+                    for k in b), (rel, a, b)
+        else:
+            assert got == want, rel
+
+
+def test_recipe_stages_killed_and_rerun_give_the_clean_outputs(synth_librispeech, tmp_path):
+    """The LibriSpeech recipe in a folder whose path has spaces: a clean run, then a run killed once inside
+    every stage (at a random moment) and re-run until it finishes: the same outputs."""
+    work = tmp_path / "recipe work"
+    shutil.copytree(synth_librispeech, work / "my corpus")
+    cmd = ["bash", str(RECIPE), *RECIPE_ARGS]
+    res = subprocess.run(cmd, cwd=work, capture_output=True, text=True, env=ENV, timeout=900)
+    assert res.returncode == 0, res.stderr[-4000:]
+    clean = recipe_outputs(work)
+    assert any(rel.endswith("RESULTS.md") for rel in clean)
+    shutil.rmtree(work / "data")
+    shutil.rmtree(work / "exp")
+
+    rng = np.random.default_rng([KILL_SEED, 2])
+    killed_in = []
+    for stage in range(1, 7):
+        log = tmp_path / f"attempt{stage}.log"
+        proc = start(cmd, log=log, cwd=work)
+        began = re.compile(rf"Stage {stage}: (?!.*done already)")
+        assert wait_for(lambda: bool(began.search(log.read_text())), proc, timeout=600), log.read_text()[-3000:]
+        time.sleep(float(rng.uniform(0.2, 2.5)))
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        running = [m for m in re.findall(r"Stage (\d): (?!.*done already)", log.read_text())]
+        killed_in.append((stage, proc.returncode, running[-1] if running else None))
+    print("killed (while in stage):", killed_in)  # shown when the test fails
+    res = subprocess.run(cmd, cwd=work, capture_output=True, text=True, env=ENV, timeout=900)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert sum(code == -signal.SIGKILL for _, code, _ in killed_in) >= 5, killed_in
+    assert_same_outputs(recipe_outputs(work), clean)

@@ -51,12 +51,12 @@ def run(cmd: list[str], timeout: float = 600, **kw) -> subprocess.CompletedProce
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=timeout, **kw)
 
 
-def start(cmd: list[str], log: Path | None = None, **kw) -> subprocess.Popen:
+def start(cmd: list[str], log: Path | None = None, cwd: Path = ROOT) -> subprocess.Popen:
     """Start `cmd` in its own process group (so a kill reaches its children), stderr into `log`."""
     err = open(log, "w") if log else subprocess.DEVNULL
     try:
-        return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=err,
-                                start_new_session=True, **kw)
+        return subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=True)
     finally:
         if log:
             err.close()

@@ -126,9 +126,11 @@ class Trainer:
         numbered = self.ckpt_dir / f"checkpoint_{self.step}.pt"
         try:
             save_checkpoint(numbered, payload)
-            _link_atomic(numbered, self.ckpt_dir / "last.pt")
+            # best.pt before last.pt: a run killed in between resumes from the previous last.pt and
+            # redoes this update; the other order would resume past the update that should be best.pt.
             if best:
                 _link_atomic(numbered, self.ckpt_dir / "best.pt")
+            _link_atomic(numbered, self.ckpt_dir / "last.pt")
         except OSError as e:
             raise W2vtkError(f"{self.ckpt_dir}: could not write the checkpoint of update {self.step} ({e}); the "
                              "previous last.pt is intact. Free disk space and run the same command to resume") from None
