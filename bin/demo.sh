@@ -12,7 +12,7 @@
 #   --eval-minutes M      minutes in each of dev-clean and test-clean (default 5)
 #   --speakers N          train-clean-100 speakers (default 8)
 #   --pretrain-updates N  pretraining updates of the tiny model (default 300)
-#   --finetune-updates N  fine-tuning updates, for each of the two models (default 400)
+#   --finetune-updates N  fine-tuning updates, for each of the two models (default 1000)
 #   --nj N                parallel jobs for synthesis, preparation and decoding (default 2)
 #   --work DIR            folder for data/demo/ and exp/demo/ (default: the repository)
 #   --force BOOL          true: synthesize again and redo every recipe stage (default false)
@@ -24,7 +24,7 @@ train_minutes=30.0
 eval_minutes=5.0
 speakers=8
 pretrain_updates=300
-finetune_updates=400
+finetune_updates=1000
 nj=2
 work=""
 force=false
