@@ -11,7 +11,7 @@ Cases are plain functions `case(ws) -> Invocation`, registered in CASES by name.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -394,7 +394,8 @@ def audio_corrupted_after_prepare(ws):
     tsv.write_text("\n".join(lines) + "\n")
     for line in lines[1:]:
         scribble(root / "LibriSpeech" / "train-clean-100" / line.split("\t")[0], 100, 4000)
-    return Invocation(pretrain(ws, data, "data.num_workers=1"), error=(str(root), "re-extract or replace it"), process=True)
+    return Invocation(pretrain(ws, data, "data.num_workers=1"), error=(str(root), "re-extract or replace it"),
+                      process=True)
 
 
 # ------------------------------------------------------------------------------------------ transcripts and labels
@@ -571,7 +572,8 @@ def config_negative_value(ws):
 @case
 def config_unknown_key(ws):
     cfg = _config(ws, PRETRAIN_CONF, "optim", "learning_rate", "0.001")
-    return Invocation(pretrain(ws, ws.prepared, config=cfg), error=(str(cfg), "unknown key 'learning_rate'", "known keys: lr"),
+    return Invocation(pretrain(ws, ws.prepared, config=cfg),
+                      error=(str(cfg), "unknown key 'learning_rate'", "known keys: lr"),
                       untouched=(ws.tmp / "exp",))
 
 
@@ -614,7 +616,7 @@ def override_wrong_type(ws):
                       error=("trainer.save_interval", "expected an integer", "overrides"), untouched=(ws.tmp / "exp",))
 
 
-# ------------------------------------------------------------------------------------------ language models and lexicons
+# ------------------------------------------------------------------------------------------ LMs and lexicons
 
 def _arpa_text(ws: Workspace) -> str:
     return ws.arpa.read_text()

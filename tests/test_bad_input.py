@@ -6,7 +6,6 @@ outputs as they were.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from badinput import CASES, Invocation, Workspace
-from tiny_runs import ENV, SMALL_MODEL, W2VTK, one_line_error, run
+from tiny_runs import SMALL_MODEL, W2VTK, one_line_error, run
 from w2vtk.cli import main
 
 MIN_CASES = 25

@@ -41,7 +41,8 @@ PIECES = ["\t", "/", "..", "../x.flac", "a/../../b.flac", "/abs/x.wav", "x.flac\
           "1272-128104-0000", "utt WORLD'S", "utt CAFÉ", "\ufeff", "\r", " ", "\x00", "é", "NaN", "inf"]
 lines = st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=30)), max_size=12).map("\n".join)
 text_bytes = st.one_of(st.binary(max_size=400), lines.map(lambda s: s.encode("utf-8", "surrogatepass")),
-                       st.tuples(lines, st.binary(max_size=8)).map(lambda t: t[0].encode("utf-8", "surrogatepass") + t[1]))
+                       st.tuples(lines, st.binary(max_size=8)).map(
+                           lambda t: t[0].encode("utf-8", "surrogatepass") + t[1]))
 
 
 @pytest.fixture(scope="module")

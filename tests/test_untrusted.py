@@ -144,8 +144,6 @@ def test_transformers_folder_whose_weights_run_code_is_refused(tmp_path):
 @pytest.mark.parametrize("where", ["checkpoint", "fairseq", "transformers"])
 def test_garbage_instead_of_weights_is_a_clear_error(where, tmp_path):
     """Files that are no pickle at all (text, random bytes): one line naming the file, no traceback."""
-    from w2vtk.checkpoint import load_checkpoint  # noqa: F401  (the loader under test for "checkpoint")
-
     for i, data in enumerate([b"hello world", b"\x80\x02}q\x00(X\x01\x00\x00\x00", bytes(range(256)) * 3]):
         path = tmp_path / f"g{i}.pt"
         path.write_bytes(data)

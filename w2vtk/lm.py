@@ -286,7 +286,8 @@ def check_lm_file(path: str | os.PathLike) -> LmFileInfo:
         raise _corrupt(path, "no `ngram N=count` lines after \\data\\")
     # Compare with 1..len(counts), not 1..max(counts): a corrupt header may claim any order.
     if sorted(counts) != list(range(1, len(counts) + 1)) or min(counts.values()) < 0:
-        raise _corrupt(path, f"the header lists orders {sorted(counts)} with counts {[counts[n] for n in sorted(counts)]}")
+        raise _corrupt(path, f"the header lists orders {sorted(counts)} with counts "
+                             f"{[counts[n] for n in sorted(counts)]}")
     order = len(counts)
     if order > MAX_ORDER:
         raise LanguageModelError(f"{path}: a {order}-gram model, but KenLM here supports orders up to {MAX_ORDER}; "
@@ -400,9 +401,9 @@ def read_lexicon(path: str | os.PathLike) -> dict[str, list[list[str]]]:
             if not fields:
                 continue
             if line[0].isspace():  # the word column is empty: the spelling's first token is no word
-                raise LanguageModelError(f"{path}:{lineno}: no word before the spelling {line.strip()[:60]!r}; each line "
-                                         "is `WORD<TAB>W O R D |`: add the word or make the lexicon with "
-                                         "`w2vtk lm lexicon`")
+                raise LanguageModelError(f"{path}:{lineno}: no word before the spelling {line.strip()[:60]!r}; "
+                                         "each line is `WORD<TAB>W O R D |`: add the word or make the lexicon "
+                                         "with `w2vtk lm lexicon`")
             if len(fields) < 2:
                 raise LanguageModelError(f"{path}:{lineno}: expected `WORD<TAB>W O R D |`, got {line.strip()[:60]!r}; "
                                          "make lexicons with `w2vtk lm lexicon`")
