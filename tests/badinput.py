@@ -775,3 +775,38 @@ def checkpoint_not_a_checkpoint(ws):
     return Invocation(["extract", "--checkpoint", str(victim), "--out", str(ws.tmp / "feats"),
                        str(chapter(ws.librispeech)[1][0])],
                       error=(str(victim), "not a torch checkpoint"), untouched=(ws.tmp / "feats",))
+
+
+# ------------------------------------------------------------------------------------------ reports
+
+@case
+def score_file_damaged(ws):
+    """A decoding's wer.json whose error rate is no number: `results` names it."""
+    exp = ws.tmp / "exp"
+    good = exp / "decode" / "model" / "dev-clean" / "greedy" / "wer.json"
+    bad = exp / "decode" / "model" / "test-clean" / "greedy" / "wer.json"
+    for path, wer in ((good, 12.5), (bad, "12,5")):
+        path.parent.mkdir(parents=True)
+        path.write_text(f'{{"wer": {wer!r}, "ref_tokens": 80}}'.replace("'", '"'))
+    return Invocation(["results", str(exp)], error=(str(bad), "not a number", "rerun the decoding"),
+                      untouched=(exp / "RESULTS.md", exp / "results.json"))
+
+
+@case
+def training_log_damaged(ws):
+    """A log.jsonl line that is no training record: `plot` names the file and line."""
+    exp = ws.tmp / "exp"
+    exp.mkdir()
+    (exp / "log.jsonl").write_text('{"step": 1, "loss": 2.5}\n[1, 2]\n{"step": 2, "loss": 2.0}\n')
+    out = ws.tmp / "curve.png"
+    return Invocation(["plot", str(exp), "--out", str(out)], error=(f"{exp / 'log.jsonl'}:2", "training log"),
+                      untouched=(out,))
+
+
+@case
+def audio_argument_is_a_directory(ws):
+    """click's own check, with its usage error (exit status 2, the `Error:` line last)."""
+    folder = ws.tmp / "x.flac"
+    folder.mkdir()
+    return Invocation(["transcribe", "--checkpoint", str(ws.checkpoint), str(folder)],
+                      error=("Error:", str(folder), "is a directory"))

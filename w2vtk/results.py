@@ -51,7 +51,7 @@ class Score:
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ResultsError(f"{path}: unreadable ({e}); rerun the decoding that wrote it") from None
     if not isinstance(data, dict):
         raise ResultsError(f"{path}: expected a JSON object; rerun the decoding that wrote it")
@@ -63,6 +63,9 @@ def read_score(path: Path, model: str, subset: str, decoding: str) -> Score:
     metric = next((m for m in METRICS if m in summary), None)
     if metric is None:
         raise ResultsError(f"{path}: no error rate in it (expected one of {', '.join(METRICS)})")
+    if isinstance(summary[metric], bool) or not isinstance(summary[metric], (int, float)):
+        raise ResultsError(f"{path}: its {metric} is {summary[metric]!r}, not a number; rerun the decoding that "
+                           "wrote it")
     return Score(model, subset, decoding, metric, summary)
 
 
