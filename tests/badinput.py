@@ -810,3 +810,13 @@ def audio_argument_is_a_directory(ws):
     folder.mkdir()
     return Invocation(["transcribe", "--checkpoint", str(ws.checkpoint), str(folder)],
                       error=("Error:", str(folder), "is a directory"))
+
+
+@case
+def output_folder_is_a_file(ws):
+    """An output path that runs through a file: one line naming the output (not its temporary file)."""
+    blocker = ws.tmp / "lm"
+    blocker.write_text("a file where a folder should be\n")
+    return Invocation(["lm", "lexicon", str(ws.arpa), str(blocker / "lexicon.txt")],
+                      error=(str(blocker / "lexicon.txt"), "a file is in the way", "check the path"),
+                      untouched=(blocker,))

@@ -5,6 +5,7 @@ A reader never sees a half-written file, and a crash leaves the previous version
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -18,9 +19,14 @@ os.umask(_UMASK)
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
     """Open a temporary file next to `path`; on success fsync it and `os.replace` it onto `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     binary = "b" in mode
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except FileExistsError:  # a file where a folder of the path should be
+        raise NotADirectoryError(errno.ENOTDIR, "a file is in the way of its folder", str(path)) from None
+    except OSError as e:  # name the output, not the temporary file
+        raise OSError(e.errno, e.strerror, str(path)) from None
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give outputs the usual permissions
     try:
         with os.fdopen(fd, mode, encoding=None if binary else encoding, newline=None if binary else "") as f:

@@ -26,17 +26,24 @@ class _Group(click.Group):
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
         except OSError as e:
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            where = f"{e.filename}: " if e.filename else ""
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                fix = ("free disk space and run the same command again (outputs are written atomically: finished "
+                       "files are intact, training resumes from its last checkpoint)")
+            elif e.filename and e.errno in _PATH_ERRORS:
+                fix = "check the path and its permissions"
+            else:
                 raise
             _close_progress_bars()
-            where = f"{e.filename}: " if e.filename else ""
-            click.echo(f"error: {where}cannot write: {e.strerror}; free disk space and run the same command again "
-                       "(outputs are written atomically: finished files are intact, training resumes from its last "
-                       "checkpoint)", err=True)
+            click.echo(f"error: {where}{e.strerror}; {fix}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+
+
+# OSErrors about a named file that the user can fix (an output folder that is read-only, a path through a file).
+_PATH_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EISDIR)
 
 
 def _close_progress_bars() -> None:
