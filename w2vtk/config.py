@@ -147,10 +147,10 @@ def parse_overrides(pairs: typing.Iterable[str]) -> dict[str, Any]:
     nested: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
-            raise ConfigError(f"override '{pair}': expected key=value, e.g. optim.lr=1e-4")
+            raise ConfigError(f"override {pair!r}: expected key=value, e.g. optim.lr=1e-4")
         key, raw = pair.split("=", 1)
         if not key or any(not part.isidentifier() for part in key.split(".")):
-            raise ConfigError(f"override '{pair}': '{key}' is not a dotted field name like optim.lr")
+            raise ConfigError(f"override {pair!r}: {key!r} is not a dotted field name like optim.lr")
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
@@ -162,7 +162,7 @@ def parse_overrides(pairs: typing.Iterable[str]) -> dict[str, Any]:
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override '{pair}': '{part}' is not a section")
+                raise ConfigError(f"override {pair!r}: {part!r} is not a section")
         node[parts[-1]] = value
     return nested
 
