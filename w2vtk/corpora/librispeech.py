@@ -41,25 +41,29 @@ def read_chapters(directory: Path, root: Path) -> list[AudioItem]:
         if not transcripts:
             raise W2vtkError(f"{here}: {len(audio)} {AUDIO_SUFFIX} files but no *{TRANS_SUFFIX}; "
                              "restore the chapter's transcript or remove the directory")
-        lines: dict[str, str] = {}
+        lines: dict[str, tuple[str, str]] = {}
         for name in transcripts:
             lines.update(_read_transcript(here / name, lines))
         for utt in audio:
             if utt not in lines:
                 _report_missing_line(here, transcripts, utt)
-        for utt, text in lines.items():
-            path = here / (utt + AUDIO_SUFFIX)
-            items.append(AudioItem(path, path.relative_to(root).as_posix(), utt.split("-")[0],
-                                   {"wrd": text, "ltr": transcript_to_letters(text)}))
+        # paths joined as strings: pathlib's per-file joins and relative_to were a third of a scan
+        rel_dir = here.relative_to(root).as_posix()
+        prefix = "" if rel_dir == "." else rel_dir + "/"
+        for utt, (text, letters) in lines.items():
+            name = utt + AUDIO_SUFFIX
+            items.append(AudioItem(Path(os.path.join(dirpath, name)), prefix + name, utt.split("-")[0],
+                                   {"wrd": text, "ltr": letters}))
     return sorted(items, key=lambda it: it.relpath)
 
 
-def _read_transcript(path: Path, seen: dict[str, str]) -> dict[str, str]:
+def _read_transcript(path: Path, seen: dict) -> dict[str, tuple[str, str]]:
+    """utterance id -> (upper-case transcript, its letter labels) for one *.trans.txt file."""
     try:
         raw = path.read_bytes()
     except OSError as e:
         raise W2vtkError(f"{path}: cannot read transcript ({e.strerror})") from None
-    out: dict[str, str] = {}
+    out: dict[str, tuple[str, str]] = {}
     for n, line in enumerate(raw.split(b"\n"), 1):
         try:
             text = line.decode("utf-8").strip()
@@ -75,10 +79,10 @@ def _read_transcript(path: Path, seen: dict[str, str]) -> dict[str, str]:
         if utt in out or utt in seen:
             raise W2vtkError(f"{path} line {n}: utterance {utt} appears twice; remove one of its lines")
         try:
-            transcript_to_letters(words)
+            letters = transcript_to_letters(words)
         except TranscriptError as e:
             raise W2vtkError(f"{path} line {n}: {e}; fix the transcript") from None
-        out[utt] = words.upper()
+        out[utt] = (words.upper(), letters)
     return out
 
 
