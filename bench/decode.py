@@ -33,7 +33,8 @@ def vocabulary() -> Vocabulary:
 def synthetic_logprobs(text: str, vocab: Vocabulary, rng: np.random.Generator, confusion: float = 0.12,
                        noise: float = 1.5) -> np.ndarray:
     """(frame, vocab) float32 log-probabilities of a confusable CTC path through `text`."""
-    tokens = [vocab.index(c) for w in text.split() for c in list(w) + ["|"]][:-1]
+    # letters with `|` after every word, the last one included, as in the .ltr labels models learn
+    tokens = [vocab.index(c) for w in text.split() for c in list(w) + ["|"]]
     letters = [vocab.index(c) for c in LETTERS[1:]]
     path: list[tuple[int, int]] = []  # (frame's symbol, the symbol that wins it)
     path += [(0, 0)] * int(rng.integers(2, 6))
@@ -54,18 +55,20 @@ def synthetic_logprobs(text: str, vocab: Vocabulary, rng: np.random.Generator, c
 
 
 def make_task(cache: Path, corpus: Path, utterances: int, seed: int = 1) -> Path:
-    """Write the test subset's log-probabilities and transcripts to one .npz; returns its path."""
+    """Write log-probabilities of `utterances` test transcripts and the transcripts to one .npz."""
     from bench.corpus import transcripts
 
     path = cache / f"decode-{corpus.name}-{utterances}-{seed}.npz"
     if path.exists():
         return path
-    refs = sorted(transcripts(corpus, "test-clean").items())[:utterances]
+    texts = [text for _, text in sorted(transcripts(corpus, "test-clean").items())]
+    # more utterances than transcripts: the transcripts again, with fresh noise and confusions
+    refs = [texts[i % len(texts)] for i in range(utterances)]
     rng = np.random.default_rng(seed)
     vocab = vocabulary()
-    arrays = {f"u{i}": synthetic_logprobs(text, vocab, rng) for i, (_, text) in enumerate(refs)}
+    arrays = {f"u{i}": synthetic_logprobs(text, vocab, rng) for i, text in enumerate(refs)}
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, refs=np.array(json.dumps([t for _, t in refs])), **arrays)
+    np.savez(tmp, refs=np.array(json.dumps(refs)), **arrays)
     tmp.replace(path)
     return path
 
@@ -96,6 +99,7 @@ def build(side: str, spec: dict):
         def run():
             hyps = pool.decode(logprobs, options)
             return {"wer": word_error_rate(refs, hyps), "utterances": len(refs)}
+        run.close = pool.close
     else:
         from pyctcdecode import build_ctcdecoder
 

@@ -121,6 +121,8 @@ def main() -> None:
                 run()
             answer = {"flops": counter.get_total_flops()}
         elif command == "quit":
+            if hasattr(run, "close"):  # worker pools of the side
+                run.close()
             out.write(json.dumps({"peak_rss_mb": peak_rss_mb()}) + "\n")
             out.flush()
             return
