@@ -41,10 +41,16 @@ build_env() {
   "$env_dir/bin/pip" install -q --no-binary kenlm -r requirements.txt 2> >(grep -v "^WARNING: Location" >&2)
   log "building KenLM's lmplz and build_binary"
   local src; src=$(mktemp -d)
-  "$env_dir/bin/pip" download -q --no-deps --no-binary :all: -d "$src" "$(grep -E '^kenlm==' requirements.txt)"
+  "$env_dir/bin/pip" download -q --no-deps --no-binary :all: -d "$src" "$(grep -E '^kenlm==' requirements.txt)" \
+    2> >(grep -v "^WARNING: Location" >&2)
   tar -xzf "$src"/kenlm-*.tar.gz -C "$src"
-  cmake -S "$src"/kenlm-*/ -B "$src/build" -DCMAKE_BUILD_TYPE=Release >/dev/null
-  cmake --build "$src/build" --target lmplz build_binary -j "$(nproc)" >/dev/null
+  # The compiler's deprecation warnings are kept out of the way; the log is shown if the build fails.
+  if ! { cmake -S "$src"/kenlm-*/ -B "$src/build" -DCMAKE_BUILD_TYPE=Release &&
+         cmake --build "$src/build" --target lmplz build_binary -j "$(nproc)"; } >"$src/build.log" 2>&1; then
+    tail -n 50 "$src/build.log" >&2
+    log "building lmplz/build_binary failed (full log: $src/build.log)"
+    exit 1
+  fi
   cp "$src/build/bin/lmplz" "$src/build/bin/build_binary" "$env_dir/bin/"
   rm -rf "$src"
   touch "$env_dir/.complete"
