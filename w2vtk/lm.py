@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,12 +141,15 @@ class _LmplzFailed(Exception):
 
 
 def _write_arpa(text, arpa: Path, order, prune, fallback, memory, normalize) -> None:
-    with atomic_open(arpa, "wb") as raw:
+    # lmplz's sort files go to a folder of their own beside the output (where the space is), removed
+    # afterwards: a failed lmplz (too little text for its discounts) leaves them behind now and then.
+    with atomic_open(arpa, "wb") as raw, tempfile.TemporaryDirectory(prefix=f".{arpa.name}.lmplz-",
+                                                                     dir=arpa.parent) as sort_dir:
         if arpa.suffix == ".gz":
             with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
-                rc, stderr = _run_lmplz(text, gz, order, prune, fallback, memory, normalize, arpa.parent)
+                rc, stderr = _run_lmplz(text, gz, order, prune, fallback, memory, normalize, Path(sort_dir))
         else:
-            rc, stderr = _run_lmplz(text, raw, order, prune, fallback, memory, normalize, arpa.parent)
+            rc, stderr = _run_lmplz(text, raw, order, prune, fallback, memory, normalize, Path(sort_dir))
         if rc != 0:
             raise _LmplzFailed(stderr)  # leaves no partial file behind
 
