@@ -16,7 +16,8 @@ from w2vtk.errors import W2vtkError
 
 
 class _Group(click.Group):
-    """Turns W2vtkError into a one-line message and exit status 2, like click's own usage errors."""
+    """Turns W2vtkError, and the OSErrors a user can fix (a full disk, an unwritable path), into a one-line
+    message and exit status 2, like click's own usage errors."""
 
     def invoke(self, ctx: click.Context):
         try:
