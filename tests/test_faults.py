@@ -384,10 +384,16 @@ def assert_same_outputs(ours: dict[str, object], clean: dict[str, object]) -> No
     for rel, want in clean.items():
         got = ours[rel]
         if rel.endswith(".pt"):
+            # Same kind and update, and the same weights up to float noise. Runs of the tiny recipe now and
+            # then differ in the last bit, which Adam grows to about the learning rate for weights whose
+            # gradient is near zero: measured, a last-bit change of the initial weights moves the fine-tuned
+            # weights by 1e-4 of their norm after three updates, while one update moves them by 1.5e-3.
             assert got[:2] == want[:2], rel
-            for k in want[2]:
-                diff = (got[2][k].double() - want[2][k].double()).abs().max().item() if want[2][k].numel() else 0.0
-                assert torch.allclose(got[2][k], want[2][k], atol=1e-5, rtol=1e-4), (rel, k, diff)
+            floats = [k for k, w in want[2].items() if w.is_floating_point()]
+            change = sum(float(((got[2][k].double() - want[2][k].double()) ** 2).sum()) for k in floats) ** 0.5
+            norm = sum(float((want[2][k].double() ** 2).sum()) for k in floats) ** 0.5
+            assert change <= 1e-3 * norm, (rel, change / norm)
+            assert all(torch.equal(got[2][k], w) for k, w in want[2].items() if k not in floats), rel
         elif rel.endswith("log.jsonl"):
             assert len(got) == len(want), rel
             for a, b in zip(got, want):
