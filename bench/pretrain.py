@@ -1,7 +1,7 @@
 """One BASE pretraining update, ours and transformers', on the same batch of real speech.
 
-Ours: `PretrainObjective` on `w2vtk.model.base()`, updated by the trainer's own `_update` (AdamW,
-gradient division by the masked-frame count, grad-norm, optional bf16 autocast).
+Ours: `PretrainObjective` on `w2vtk.model.base()`, updated by the trainer's own `_update` (fused
+AdamW, gradient division by the masked-frame count, grad-norm, optional bf16 autocast).
 Reference: transformers' `Wav2Vec2ForPreTraining` with the same BASE settings; masks and distractors
 drawn per step by `_compute_mask_indices` and `_sample_negative_indices`, gradients divided by the
 number of masked frames and AdamW, as its `run_wav2vec2_pretraining_no_trainer.py` example does.
@@ -28,8 +28,8 @@ def _autocast(precision: str):
 class OursStep:
     """Calling it runs one update (forward, loss, backward, optimizer)."""
 
-    def __init__(self, wav: np.ndarray, precision: str, layerdrop: float, fused_adamw: bool = False, size: str = "base",
-                 seed: int = 1):
+    def __init__(self, wav: np.ndarray, precision: str, layerdrop: float, fused_adamw: bool = True,
+                 size: str = "base", seed: int = 1):
         from w2vtk.dataset import Batch
         from w2vtk.model import base, tiny
         from w2vtk.pretraining import PretrainObjective
@@ -46,7 +46,8 @@ class OursStep:
         t.model, t.objective = model, PretrainObjective(model, PretrainTaskConfig(), seed)
         t.cfg, t.optim_cfg = TrainerConfig(precision=precision), optim
         t.device, t.dist, t.scaler = torch.device("cpu"), DistInfo(), None
-        # the trainer's optimizer; fused_adamw=True measures torch's one-pass AdamW instead
+        # the optimizer Trainer.__init__ builds (keep the two in step); fused_adamw=False measures
+        # torch's for-each AdamW instead
         t.optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=optim.betas, eps=optim.eps,
                                         weight_decay=optim.weight_decay, fused=fused_adamw or None)
         t.step, t.nonfinite, t.ckpt_dir = 0, 0, Path(".")
@@ -63,8 +64,8 @@ class OursStep:
 class RefStep:
     """transformers' Wav2Vec2ForPreTraining, BASE settings matched to ours (REFERENCE.md)."""
 
-    def __init__(self, wav: np.ndarray, precision: str, layerdrop: float, fused_adamw: bool = False, size: str = "base",
-                 seed: int = 1):
+    def __init__(self, wav: np.ndarray, precision: str, layerdrop: float, fused_adamw: bool = False,
+                 size: str = "base", seed: int = 1):
         from transformers import Wav2Vec2ForPreTraining
 
         torch.manual_seed(seed)
@@ -123,6 +124,9 @@ def hf_config(size: str, **kw):
     return Wav2Vec2Config(**values)
 
 
-def build(side: str, wav: np.ndarray, precision: str, layerdrop: float, fused_adamw: bool = False,
+def build(side: str, wav: np.ndarray, precision: str, layerdrop: float, fused_adamw: bool | None = None,
           size: str = "base"):
+    """fused_adamw None: each side's own optimizer (ours fused, as the trainer; the reference for-each)."""
+    if fused_adamw is None:
+        fused_adamw = side == "ours"
     return (OursStep if side == "ours" else RefStep)(wav, precision, layerdrop, fused_adamw, size)

@@ -56,9 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--infer-seconds", type=float, default=10.0, help="inference utterance length (default 10)")
     p.add_argument("--layerdrop", type=float, default=0.0,
                    help="LayerDrop of both pretraining models (default 0: every layer runs every step)")
-    p.add_argument("--fused-adamw", action="store_true",
-                   help="time our update with torch's fused AdamW instead of the trainer's for-each one "
-                        "(keys pretrain_*_fused_adamw; the reference keeps its example's AdamW)")
+    p.add_argument("--foreach-adamw", action="store_true",
+                   help="time our update with torch's for-each AdamW instead of the trainer's fused one "
+                        "(keys pretrain_*_foreach_adamw; the reference keeps its example's AdamW)")
     p.add_argument("--no-flops", action="store_true", help="skip FLOP counting (FlopCounterMode) of a step")
     p.add_argument("--decode-utts", type=int, default=500,
                    help="utterances decoded per repetition: the test transcripts over and over, each time "
@@ -95,10 +95,11 @@ def _memory(res: dict) -> dict:
             "after_import": {s: res[s].extra["rss_after_import_mb"] for s in ("ours", "ref")}}
 
 
-def run_pretrain(args, precision: str, wav_path: Path, gemm: dict, log, fused: bool = False) -> dict:
-    # fused AdamW only on our side: the reference keeps the optimizer its example uses
+def run_pretrain(args, precision: str, wav_path: Path, gemm: dict, log) -> dict:
+    # the trainer's fused AdamW on our side; the reference keeps the for-each AdamW its example uses
     specs = {side: {"bench": "pretrain", "side": side, "precision": precision, "wav": str(wav_path),
-                    "layerdrop": args.layerdrop, "size": args.size, "fused_adamw": fused and side == "ours"}
+                    "layerdrop": args.layerdrop, "size": args.size,
+                    "fused_adamw": side == "ours" and not args.foreach_adamw}
              for side in ("ours", "ref")}
     reps = args.reps or 3
     res = harness.alternate(specs, args.threads, args.warmup, reps, flops=not args.no_flops, log=log)
@@ -235,10 +236,10 @@ def main(argv=None) -> dict:
         np.save(wav_path, wav)
         for name in pretraining:
             precision = name.split("_")[1]
-            if args.fused_adamw:
-                name += "_fused_adamw"
+            if args.foreach_adamw:
+                name += "_foreach_adamw"
             log(f"{name}: {args.size} pretraining update on {args.batch} x {args.seconds:g} s ({precision})")
-            results[name] = run_pretrain(args, precision, wav_path, gemm, log, fused=args.fused_adamw)
+            results[name] = run_pretrain(args, precision, wav_path, gemm, log)
     if "inference" in args.bench:
         import numpy as np
 
