@@ -67,12 +67,12 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     FLAC and NIST SPHERE headers (LibriSpeech, TIMIT) are parsed directly, which is an order of
     magnitude faster than opening the file with libsndfile; anything else goes through soundfile.
     """
-    _check_path(path)
-    fast = _parse_header(path)
+    fast = _parse_header(path)  # a header parsed implies a readable, non-empty file
     if fast is not None:
         frames, rate, channels, fmt = fast
         _check_rate(path, rate)
         return AudioInfo(resampled_length(frames, rate), rate, channels, fmt)
+    _check_path(path)
     try:
         info = sf.info(str(path))
     except Exception as e:  # libsndfile's error types vary by version
@@ -106,19 +106,33 @@ def _check_flac_decodes(path: str | os.PathLike, frames: int) -> None:
 def _parse_header(path: str | os.PathLike) -> tuple[int, int, int, str] | None:
     """(frames, sample_rate, channels, format) from a well-formed FLAC or NIST header, else None
     (the caller then asks libsndfile, which also produces the error message for broken files)."""
+    # Raw descriptors and positioned reads: a scan reads thousands of headers, and buffered file
+    # objects with seeks cost several system calls and objects each.
     try:
-        with open(path, "rb") as f:
-            head = f.read(1024)
-            if head[:4] == b"fLaC":
-                return _flac_header(f, head)
-            if head[:8] == b"NIST_1A\n":
-                return _nist_header(head, os.fstat(f.fileno()).st_size)
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        head = os.pread(fd, 1024, 0)
+        if head[:4] == b"fLaC":
+            return _flac_header(fd, head)
+        if head[:8] == b"NIST_1A\n":
+            return _nist_header(head, os.fstat(fd).st_size)
     except (OSError, ValueError):
         pass
+    finally:
+        os.close(fd)
     return None
 
 
-def _flac_header(f, head: bytes) -> tuple[int, int, int, str] | None:
+def _read_at(fd: int, head: bytes, offset: int, size: int) -> bytes:
+    """`size` bytes at `offset`, from `head` (the file's first bytes) when it holds them."""
+    if offset + size <= len(head):
+        return head[offset:offset + size]
+    return os.pread(fd, size, offset)
+
+
+def _flac_header(fd: int, head: bytes) -> tuple[int, int, int, str] | None:
     # STREAMINFO is the first metadata block: 4-byte block header, then 34 bytes whose bits 80..143
     # hold sample rate (20), channels - 1 (3), bits - 1 (5) and total samples (36).
     if len(head) < 42 or head[4] & 0x7F != 0:
@@ -131,36 +145,35 @@ def _flac_header(f, head: bytes) -> tuple[int, int, int, str] | None:
     # short after its header is caught here as it would be by libsndfile.
     offset = 4
     while True:
-        f.seek(offset)
-        block = f.read(4)
+        block = _read_at(fd, head, offset, 4)
         if len(block) < 4:
             return None
         offset += 4 + int.from_bytes(block[1:4], "big")
         if block[0] & 0x80:
             break
-    f.seek(offset)
-    sync = f.read(2)
+    sync = _read_at(fd, head, offset, 2)
     if len(sync) < 2 or sync[0] != 0xFF or sync[1] & 0xFE != 0xF8:
         return None
     # The header states the length whatever the file holds: a file cut short (or a garbled STREAMINFO)
     # shows in its last frame, whose first sample plus block size must be the stated length.
     block_size = int.from_bytes(head[8:10], "big")
     max_frame = int.from_bytes(head[15:18], "big") or 1 << 16
-    if _flac_last_frame_end(f, block_size, max_frame) != frames:
+    if _flac_last_frame_end(fd, block_size, max_frame) != frames:
         return None
     return frames, rate, channels, "FLAC"
 
 
-def _flac_last_frame_end(f, block_size: int, max_frame: int) -> int | None:
+def _flac_last_frame_end(fd: int, block_size: int, max_frame: int) -> int | None:
     """The sample just after the last frame of a FLAC stream, from the last valid frame header in the
     file's tail (sync code, reserved bits, CRC-8); None if none is found there."""
-    size = f.seek(0, os.SEEK_END)
+    size = os.fstat(fd).st_size
     start = max(0, size - max_frame - 32)
-    f.seek(start)
-    tail = f.read()
+    tail = os.pread(fd, size - start, start)
     at = len(tail)
     while True:
-        at = tail.rfind(b"\xff", 0, at)
+        # A frame header starts with the 14-bit sync code and a 0 bit: FF F8 (fixed block size) or
+        # FF F9 (variable); searching for both bytes skips nearly every false start in the audio.
+        at = max(tail.rfind(b"\xff\xf8", 0, at), tail.rfind(b"\xff\xf9", 0, at))
         if at < 0:
             return None
         end = _flac_frame_end(tail[at:at + 16], block_size)
@@ -205,13 +218,24 @@ def _flac_frame_end(h: bytes, stream_block_size: int) -> int | None:
     return first + block
 
 
+def _crc8_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc << 1 ^ 0x07) & 0xFF if crc & 0x80 else crc << 1 & 0xFF
+        table.append(crc)
+    return tuple(table)
+
+
+_CRC8_TABLE = _crc8_table()
+
+
 def _crc8(data: bytes) -> int:
     """FLAC's frame-header CRC-8 (polynomial x^8 + x^2 + x + 1)."""
     crc = 0
     for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc << 1 ^ 0x07) & 0xFF if crc & 0x80 else crc << 1 & 0xFF
+        crc = _CRC8_TABLE[crc ^ byte]
     return crc
 
 

@@ -22,6 +22,7 @@ SENTENCEPIECE_SPACE = "\u2581"  # sentencepiece's "▁" marks the start of a wor
 
 LETTERS = [chr(c) for c in range(ord("A"), ord("Z") + 1)] + ["'"]
 _LETTER_WORD = re.compile(r"^[A-Z']+$")
+_LETTER_TEXT = re.compile(r"[A-Z']+(?: [A-Z']+)*")  # upper-case words, one space apart
 
 
 class TranscriptError(W2vtkError):
@@ -53,6 +54,8 @@ def transcript_to_letters(text: str) -> str:
     upper-cased); anything else raises TranscriptError naming the character, so that a caller can
     add the file and line.
     """
+    if _LETTER_TEXT.fullmatch(text):  # LibriSpeech's own lines: one string operation, no per-word loop
+        return " ".join(text.replace(" ", WORD_SEPARATOR)) + " " + WORD_SEPARATOR
     out: list[str] = []
     for w in text.split():
         upper = w.upper()

@@ -32,7 +32,7 @@ SKIPPED_FILE = "skipped.txt"
 class AudioItem:
     """One utterance: its audio, where it goes in the manifest, and its label lines by extension."""
 
-    path: Path  # absolute
+    path: str  # absolute (a string: building a Path per file was a tenth of a LibriSpeech scan)
     relpath: str  # relative to the subset's root
     speaker: str | None
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -116,7 +116,7 @@ def build_manifests(out_dir: str | Path, subsets: Sequence[SubsetPlan],
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise W2vtkError(f"{out_dir}: exists and is not a directory; choose another output directory")
-    unique = sorted({str(item.path) for s in subsets for item in s.items})
+    unique = sorted({item.path for s in subsets for item in s.items})
     results = dict(zip(unique, read_headers(unique, jobs)))
     bad = [(p, err) for p, (_, err) in results.items() if err is not None]
     if bad and not skip_bad:
@@ -125,7 +125,7 @@ def build_manifests(out_dir: str | Path, subsets: Sequence[SubsetPlan],
     for p, err in bad:
         log.warning("skipping %s", err)
 
-    kept = {s.name: [it for it in s.items if results[str(it.path)][1] is None] for s in subsets}
+    kept = {s.name: [it for it in s.items if results[it.path][1] is None] for s in subsets}
     try:
         summaries = _write_outputs(out_dir, subsets, kept, results, dicts)
         if skip_bad:
@@ -143,7 +143,7 @@ def _write_outputs(out_dir: Path, subsets: Sequence[SubsetPlan], kept: Mapping[s
     summaries = []
     for s in subsets:
         items = kept[s.name]
-        rows = [(it.relpath, results[str(it.path)][0]) for it in items]
+        rows = [(it.relpath, results[it.path][0]) for it in items]
         exts = sorted({ext for it in s.items for ext in it.labels})
         write_subset(out_dir, s.name, s.root, rows, {ext: [it.labels[ext] for it in items] for ext in exts})
         speakers = None if any(it.speaker is None for it in items) else len({it.speaker for it in items})
@@ -152,7 +152,7 @@ def _write_outputs(out_dir: Path, subsets: Sequence[SubsetPlan], kept: Mapping[s
         counted: dict[str, str] = {}
         for name in names:
             for it in kept[name]:
-                counted.setdefault(str(it.path), it.labels[ext])
+                counted.setdefault(it.path, it.labels[ext])
         write_dict(out_dir / dict_name, with_alphabet(ext, count_symbols(counted[p] for p in sorted(counted))))
     return summaries
 

@@ -32,7 +32,7 @@ def prepare_audio_folder(audio_dir: str | Path, out_dir: str | Path, extensions:
         raise W2vtkError(f"{root}: no audio files with extension {', '.join(extensions)}; "
                          "check the folder or pass --ext")
     valid = split_valid(len(files), valid_percent, seed)
-    items = [AudioItem(p, p.relative_to(root).as_posix(), None) for p in files]
+    items = [AudioItem(str(p), p.relative_to(root).as_posix(), None) for p in files]
     plans = [SubsetPlan("train", root, [it for i, it in enumerate(items) if i not in valid]),
              SubsetPlan("valid", root, [it for i, it in enumerate(items) if i in valid])]
     return build_manifests(out_dir, plans, {}, jobs=jobs, skip_bad=skip_bad)

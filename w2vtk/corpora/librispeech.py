@@ -50,9 +50,10 @@ def read_chapters(directory: Path, root: Path) -> list[AudioItem]:
         # paths joined as strings: pathlib's per-file joins and relative_to were a third of a scan
         rel_dir = here.relative_to(root).as_posix()
         prefix = "" if rel_dir == "." else rel_dir + "/"
+        folder = dirpath.rstrip(os.sep) + os.sep
         for utt, (text, letters) in lines.items():
             name = utt + AUDIO_SUFFIX
-            items.append(AudioItem(Path(os.path.join(dirpath, name)), prefix + name, utt.split("-")[0],
+            items.append(AudioItem(folder + name, prefix + name, utt.split("-")[0],
                                    {"wrd": text, "ltr": letters}))
     return sorted(items, key=lambda it: it.relpath)
 

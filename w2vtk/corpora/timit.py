@@ -110,7 +110,7 @@ def read_speakers(split_dir: Path, root: Path, num_phones: int, keep_sil: bool) 
                     raise W2vtkError(f"{spk_dir / files[stem + '.phn']}: {e}") from None
                 labels["wrd"] = " ".join(read_words(spk_dir / files[f"{stem}.wrd"]))
                 path = spk_dir / name
-                items.append(AudioItem(path, path.relative_to(root).as_posix(), spk_dir.name.lower(), labels))
+                items.append(AudioItem(str(path), path.relative_to(root).as_posix(), spk_dir.name.lower(), labels))
             if items:
                 speakers.setdefault(spk_dir.name.lower(), []).extend(items)
     return speakers
