@@ -45,7 +45,7 @@ def pretrained(prepared_librispeech, tmp_path_factory) -> Path:
     return exp / "checkpoints" / "last.pt"
 
 
-def test_transformer_frozen_first_then_trained_cnn_always_frozen(prepared_librispeech, pretrained, tmp_path):
+def test_transformer_frozen_first_then_trained_cnn_frozen_at_grad_mult_0(prepared_librispeech, pretrained, tmp_path):
     exp = tmp_path / "exp"
     finetune(prepared_librispeech, exp, "--init", str(pretrained), "task.freeze_finetune_updates=2",
              "--keep-last", "5", updates=3)
@@ -65,6 +65,14 @@ def test_transformer_frozen_first_then_trained_cnn_always_frozen(prepared_libris
     assert not any(k.startswith(("quantizer.", "project_q.", "final_proj.")) for k in ckpt["model"])
     valid = [json.loads(x) for x in (exp / "log.jsonl").read_text().splitlines() if '"valid"' in x]
     assert valid and "wer" in valid[-1] and valid[-1]["wer"] >= 0
+
+
+def test_cnn_learns_with_a_positive_grad_mult(prepared_librispeech, tmp_path):
+    exp = tmp_path / "exp"
+    finetune(prepared_librispeech, exp, "task.feature_grad_mult=1.0", "--keep-last", "5", updates=2)
+    first, second = (load_checkpoint(exp / "checkpoints" / f"checkpoint_{s}.pt")["model"] for s in (1, 2))
+    cnn = [k for k in first if k.startswith("feature_extractor.")]
+    assert cnn and any(not torch.equal(first[k], second[k]) for k in cnn)
 
 
 def test_sentencepiece_labels_travel_in_the_checkpoint(prepared_librispeech, tmp_path):

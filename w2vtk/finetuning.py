@@ -1,7 +1,8 @@
 """CTC fine-tuning: a linear head on the Transformer, the paper's freezing and masking schedule.
 
-The CNN stays frozen throughout (feature_grad_mult 0); for the first `freeze_finetune_updates` the
-whole Transformer is frozen too and only the CTC head learns. Time masks (mask_prob, as in
+The CNN stays frozen throughout when feature_grad_mult is 0, as in the paper; a positive value (a
+model trained from random weights) lets it learn with that gradient scale. For the first
+`freeze_finetune_updates` the Transformer is frozen too and only the CTC head learns. Time masks (mask_prob, as in
 pretraining) and channel masks continue during fine-tuning. The loss is CTC with the blank at index 0,
 summed over utterances with `zero_infinity` and normalised by the number of target tokens.
 """
@@ -32,8 +33,9 @@ class FinetuneObjective:
         self.seed = seed
         self.best_metric = "per" if vocab.kind == "phn" else "wer"
         self.transformer_frozen = False
-        for p in model.feature_extractor.parameters():
-            p.requires_grad_(False)
+        if model.cfg.feature_grad_mult == 0:
+            for p in model.feature_extractor.parameters():
+                p.requires_grad_(False)
 
     def on_update(self, step: int) -> None:
         frozen = step < self.cfg.freeze_finetune_updates
