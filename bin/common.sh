@@ -28,6 +28,7 @@
 #                        a stage redone upstream makes the stages downstream of it stale.
 #   need_done DIR WHAT   dies unless DIR/.done exists (an earlier stage that was not selected).
 #   need_files FILE...   dies unless each FILE exists and is not empty (output validation).
+#   pretrain_stage ...   a recipe's pretraining stage, or its --init (below).
 #   decode_model ...     greedy and LM decoding of a fine-tuned model, with LM weight tuning (below).
 #
 # W2VTK is the w2vtk command (default: this repository's .venv/bin/w2vtk) and W2VTK_PYTHON the Python
@@ -182,6 +183,33 @@ need_files() {
   for f in "$@"; do
     [ -s "$f" ] || die "expected output $f is missing or empty"
   done
+}
+
+# ---------------------------------------------------------------- pretraining (both recipes' stage 3)
+# pretrain_stage N TRAIN_SUBSET VALID_SUBSET DESCRIPTION
+#   Stage N: `w2vtk pretrain` with $pretrain_conf on the manifests in $manifests into $pretrain_dir, with
+#   the recipe's $pretrain_updates and `pretrain_overrides` array; skipped when the recipe's $init names
+#   a model to fine-tune instead. Sets init_ckpt (the checkpoint fine-tuning starts from) and init_id
+#   (its stamp, for the fine-tuning stage's signature).
+pretrain_stage() {
+  local n=$1 train_subset=$2 valid_subset=$3 what=$4 sig
+  if [ -n "$init" ]; then
+    stage_selected "$n" && log "Stage $n: pretrain: skipped, fine-tuning starts from --init $init"
+    init_ckpt=$init
+    init_id="init=$(abspath "$init")"
+    return 0
+  fi
+  stage_selected "$n" && need_done "$manifests" "stage 1's manifests"
+  sig="conf=$pretrain_conf"$'\n'"updates=$pretrain_updates"$'\n'"args=$pretrain_args"$'\n'"data=$(stamp "$manifests")"
+  if begin_stage "$n" "pretrain ($conf) on $what" "$pretrain_dir" "$sig" resumable; then
+    w2vtk pretrain --config "$pretrain_conf" --data "$manifests" --train-subset "$train_subset" \
+      --valid-subset "$valid_subset" --exp-dir "$pretrain_dir" ${pretrain_updates:+--max-updates "$pretrain_updates"} \
+      ${pretrain_overrides[@]+"${pretrain_overrides[@]}"}
+    need_files "$pretrain_dir/checkpoints/best.pt" "$pretrain_dir/checkpoints/last.pt" "$pretrain_dir/log.jsonl"
+    end_stage "$pretrain_dir"
+  fi
+  init_ckpt=$pretrain_dir/checkpoints/best.pt
+  init_id="pretrain=$(stamp "$pretrain_dir")"
 }
 
 # ---------------------------------------------------------------- decoding (both recipes' decode stage)

@@ -193,8 +193,8 @@ if begin_stage 1 "prepare manifests" "$manifests" "$sig"; then
   if [ -n "$librilight" ]; then
     # A folder of its own: its dict.ltr.txt would replace LibriSpeech's.
     w2vtk prepare librilight "$librilight" "$manifests/librilight" --jobs "$nj"
-    for s in train-10m train-1h train-10h; do
-      cp "$manifests/librilight/$s".{tsv,ltr,wrd} "$manifests/"
+    for s in train-10m train-1h train-10h; do  # those whose folders --librilight holds
+      [ ! -f "$manifests/librilight/$s.tsv" ] || cp "$manifests/librilight/$s".{tsv,ltr,wrd} "$manifests/"
     done
     rm -rf "$manifests/librilight"
   fi
@@ -241,24 +241,10 @@ fi
 
 # ---------------------------------------------------------------- 3: pretrain
 pretrain_dir=$exp/pretrain
-if [ -n "$init" ]; then
-  stage_selected 3 && log "Stage 3: pretrain: skipped, fine-tuning starts from --init $init"
-else
-  stage_selected 3 && need_done "$manifests" "stage 1's manifests"
-  sig="conf=$pretrain_conf"$'\n'"updates=$pretrain_updates"$'\n'"args=$pretrain_args"$'\n'"data=$(stamp "$manifests")"
-  if begin_stage 3 "pretrain ($conf) on train-all" "$pretrain_dir" "$sig" resumable; then
-    w2vtk pretrain --config "$pretrain_conf" --data "$manifests" --train-subset train-all \
-      --valid-subset "$(valid_subset)" --exp-dir "$pretrain_dir" \
-      ${pretrain_updates:+--max-updates "$pretrain_updates"} ${pretrain_overrides[@]+"${pretrain_overrides[@]}"}
-    need_files "$pretrain_dir/checkpoints/best.pt" "$pretrain_dir/checkpoints/last.pt" "$pretrain_dir/log.jsonl"
-    end_stage "$pretrain_dir"
-  fi
-fi
+pretrain_stage 3 train-all "$(valid_subset)" train-all
 
 # ---------------------------------------------------------------- 4: fine-tune
 finetune_dir=$exp/finetune
-if [ -n "$init" ]; then init_ckpt=$init; init_id="init=$(abspath "$init")"
-else init_ckpt=$pretrain_dir/checkpoints/best.pt; init_id="pretrain=$(stamp "$pretrain_dir")"; fi
 if stage_selected 4; then
   need_done "$manifests" "stage 1's manifests"
   [ -n "$init" ] || need_done "$pretrain_dir" "stage 3's pretrained model"

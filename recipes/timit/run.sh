@@ -120,24 +120,10 @@ fi
 
 # ---------------------------------------------------------------- 3: pretrain
 pretrain_dir=$exp/pretrain
-if [ -n "$init" ]; then
-  stage_selected 3 && log "Stage 3: pretrain: skipped, fine-tuning starts from --init $init"
-else
-  stage_selected 3 && need_done "$manifests" "stage 1's manifests"
-  sig="conf=$pretrain_conf"$'\n'"updates=$pretrain_updates"$'\n'"args=$pretrain_args"$'\n'"data=$(stamp "$manifests")"
-  if begin_stage 3 "pretrain ($conf) on TIMIT's train audio" "$pretrain_dir" "$sig" resumable; then
-    w2vtk pretrain --config "$pretrain_conf" --data "$manifests" --train-subset train --valid-subset dev \
-      --exp-dir "$pretrain_dir" ${pretrain_updates:+--max-updates "$pretrain_updates"} \
-      ${pretrain_overrides[@]+"${pretrain_overrides[@]}"}
-    need_files "$pretrain_dir/checkpoints/best.pt" "$pretrain_dir/checkpoints/last.pt" "$pretrain_dir/log.jsonl"
-    end_stage "$pretrain_dir"
-  fi
-fi
+pretrain_stage 3 train dev "TIMIT's train audio"
 
 # ---------------------------------------------------------------- 4: fine-tune
 finetune_dir=$exp/finetune
-if [ -n "$init" ]; then init_ckpt=$init; init_id="init=$(abspath "$init")"
-else init_ckpt=$pretrain_dir/checkpoints/best.pt; init_id="pretrain=$(stamp "$pretrain_dir")"; fi
 if stage_selected 4; then
   need_done "$manifests" "stage 1's manifests"
   [ -n "$init" ] || need_done "$pretrain_dir" "stage 3's pretrained model"
