@@ -236,10 +236,18 @@ def test_librilight_splits(librilight_corpus, tmp_path):
     assert (out / "dict.ltr.txt").read_text().splitlines()[0] == f"| {count_symbols(ltr)['|']}"
 
 
-def test_librilight_incomplete(librilight_corpus, tmp_path):
-    shutil.rmtree(librilight_corpus / "librispeech_finetuning" / "9h")
-    with pytest.raises(W2vtkError, match="9h"):
-        prepare_librilight(librilight_corpus, tmp_path / "out")
+def test_librilight_incomplete(librilight_corpus, tmp_path, caplog):
+    base = librilight_corpus / "librispeech_finetuning"
+    shutil.rmtree(base / "9h")
+    prepare_librilight(librilight_corpus, tmp_path / "out")
+    assert "no 9h: writing train-10m, train-1h only" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.tsv")) == ["train-10m.tsv", "train-1h.tsv"]
+    shutil.rmtree(base / "1h" / "3")
+    prepare_librilight(librilight_corpus, tmp_path / "out2")
+    assert sorted(p.name for p in (tmp_path / "out2").glob("*.tsv")) == ["train-10m.tsv"]
+    shutil.rmtree(base / "1h" / "0")
+    with pytest.raises(W2vtkError, match="1h/0"):
+        prepare_librilight(librilight_corpus, tmp_path / "out3")
 
 
 # --- TIMIT -------------------------------------------------------------------------------------

@@ -160,6 +160,28 @@ def test_synth_librispeech_cli_other_subsets(tmp_path):
     assert floor(noisy) > 10 * floor(clean) + 1e-4
 
 
+def test_synth_librilight_split_is_part_of_train_clean_100(tmp_path):
+    result = CliRunner().invoke(main, ["synth", "librispeech", str(tmp_path), "--train-minutes", "0.3",
+                                       "--librilight-minutes", "0.15", "--dev-minutes", "0", "--test-minutes", "0",
+                                       "--speakers", "2"])
+    assert result.exit_code == 0, result.output
+    split = tmp_path / "librispeech_finetuning" / "1h" / "0" / "clean"
+    train = tmp_path / "LibriSpeech" / "train-clean-100"
+    flacs = sorted(split.rglob("*.flac"))
+    assert len({f.parent.parent.name for f in flacs}) == 2  # both speakers
+    assert 0.15 * 60 <= sum(sf.info(str(f)).duration for f in flacs) < 0.3 * 60
+    for f in flacs:
+        rel = f.relative_to(split)
+        assert f.read_bytes() == (train / rel).read_bytes()
+    for trans in split.rglob("*.trans.txt"):
+        lines = trans.read_text().splitlines()
+        assert [x.split()[0] for x in lines] == sorted(f.name[:-5] for f in trans.parent.glob("*.flac"))
+        assert set(lines) <= set((train / trans.relative_to(split)).read_text().splitlines())
+    bad = CliRunner().invoke(main, ["synth", "librispeech", str(tmp_path / "x"), "--train-minutes", "0.1",
+                                    "--librilight-minutes", "0.2"])
+    assert bad.exit_code == 2 and "--train-minutes" in bad.output
+
+
 # --- TIMIT layout ------------------------------------------------------------------------------
 TIMIT_PATH = re.compile(r"TIMIT/(TRAIN|TEST)/DR([1-8])/([MF][A-Z]{3}\d)/(SA[12]|SI\d+|SX\d+)\.(WAV|PHN|WRD|TXT)")
 

@@ -119,6 +119,10 @@ def synth() -> None:
 @click.argument("out_dir", type=_dir_out)
 @click.option("--train-minutes", type=click.FloatRange(min=0), default=30, show_default=True,
               help="Minutes of audio in train-clean-100.")
+@click.option("--librilight-minutes", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="Also write librispeech_finetuning/1h/0/clean, Libri-light's 10-minute split (train-10m) in "
+                   "its layout, with this many minutes of train-clean-100's utterances; for `prepare "
+                   "librilight` and the recipe's --labelled 10m. 0: not written.")
 @click.option("--dev-minutes", type=click.FloatRange(min=0), default=5, show_default=True,
               help="Minutes in dev-clean (and dev-other); 0 leaves the subset out.")
 @click.option("--test-minutes", type=click.FloatRange(min=0), default=5, show_default=True,
@@ -132,8 +136,9 @@ def synth() -> None:
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=DEFAULT_JOBS, show_default=True,
               help="espeak-ng/sox processes running at once.")
 @click.pass_context
-def synth_librispeech_cmd(ctx: click.Context, out_dir: Path, train_minutes: float, dev_minutes: float,
-                          test_minutes: float, speakers: int, eval_speakers: int, other: bool, jobs: int) -> None:
+def synth_librispeech_cmd(ctx: click.Context, out_dir: Path, train_minutes: float, librilight_minutes: float,
+                          dev_minutes: float, test_minutes: float, speakers: int, eval_speakers: int, other: bool,
+                          jobs: int) -> None:
     """Write OUT_DIR/LibriSpeech/<subset>/<speaker>/<chapter>/*.flac + *.trans.txt, and
     OUT_DIR/lm-text.txt (the normalised sentence list, for training an n-gram LM).
 
@@ -143,7 +148,7 @@ def synth_librispeech_cmd(ctx: click.Context, out_dir: Path, train_minutes: floa
 
     seed = (ctx.obj or {}).get("seed", 1)
     click.echo(synth_librispeech(out_dir, train_minutes, dev_minutes, test_minutes, speakers, eval_speakers,
-                                 other, seed=seed, jobs=jobs).table())
+                                 other, seed=seed, jobs=jobs, librilight_minutes=librilight_minutes).table())
 
 
 @synth.command("timit")

@@ -3,6 +3,7 @@ per-chapter <speaker>-<chapter>.trans.txt, SPEAKERS.TXT, and lm-text.txt (the n-
 from __future__ import annotations
 
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,17 +43,23 @@ def _render_libri(u: _LibriUtterance) -> np.ndarray:
 
 def synth_librispeech(out_dir: str | Path, train_minutes: float = 30, dev_minutes: float = 5,
                       test_minutes: float = 5, speakers: int = 8, eval_speakers: int = 3, other: bool = False,
-                      seed: int = 1, jobs: int = 1) -> SynthSummary:
+                      seed: int = 1, jobs: int = 1, librilight_minutes: float = 0) -> SynthSummary:
     """Write OUT_DIR/LibriSpeech/{train-clean-100,dev-clean,test-clean[,dev-other,test-other]} and
     OUT_DIR/lm-text.txt (every sentence of the list, normalised: the n-gram training text).
 
     Each subset gets distinct speakers (`speakers` for training, `eval_speakers` for each
     evaluation subset) and utterances until it holds the requested minutes of audio. The other
     subsets add white noise and wider pitch/speed jitter. A subset with 0 minutes is not written.
+    `librilight_minutes` > 0 also writes OUT_DIR/librispeech_finetuning/1h/0/clean: Libri-light's
+    10-minute split (train-10m) in its layout, that many minutes of train-clean-100's utterances
+    taken from every speaker in turn (the real split too is a part of LibriSpeech's training audio).
     """
     check_tools()
     if speakers < 1 or eval_speakers < 1:
         raise W2vtkError("--speakers and --eval-speakers must be at least 1")
+    if librilight_minutes > train_minutes:
+        raise W2vtkError(f"--librilight-minutes {librilight_minutes:g} takes its utterances from train-clean-100: "
+                         f"give --train-minutes of at least as much (now {train_minutes:g})")
     out_dir = Path(out_dir)
     sentences = load_sentences()
     targets = [("train-clean-100", train_minutes, speakers), ("dev-clean", dev_minutes, eval_speakers),
@@ -78,7 +85,13 @@ def synth_librispeech(out_dir: str | Path, train_minutes: float = 30, dev_minute
             rows.append((name, sum(n for n, _ in seconds.values()), sum(t for _, t in seconds.values()) / 60,
                          len(seconds)))
             speaker_lines += [(int(spk.id), spk, name, seconds[spk.id][1] / 60) for spk in group if spk.id in seconds]
-        for name, *_ in rows:
+        subsets = [name for name, *_ in rows]
+        if librilight_minutes > 0:
+            split = _write_librilight_split(staging.path / "LibriSpeech" / "train-clean-100",
+                                            staging.path / LIBRILIGHT_10M, librilight_minutes)
+            rows.append(("librilight 1h/0", *split))
+            staging.publish(LIBRILIGHT_10M.split("/")[0])
+        for name in subsets:
             staging.publish(f"LibriSpeech/{name}")
     header = ";ID  |SEX| SUBSET           |MINUTES| NAME\n"
     atomic_write_text(out_dir / "LibriSpeech" / "SPEAKERS.TXT", header + "".join(
@@ -86,6 +99,36 @@ def synth_librispeech(out_dir: str | Path, train_minutes: float = 30, dev_minute
         for i, s, name, mins in sorted(speaker_lines, key=lambda x: x[0])))
     atomic_write_text(out_dir / "lm-text.txt", "".join(normalize_sentence(s) + "\n" for s in sentences))
     return SynthSummary(out_dir, rows)
+
+
+LIBRILIGHT_10M = "librispeech_finetuning/1h/0/clean"
+
+
+def _write_librilight_split(subset_dir: Path, out: Path, minutes: float) -> tuple[int, float, int]:
+    """Copy utterances of `subset_dir`, each speaker's in turn, into `out` (same chapter layout, each
+    chapter's transcript holding its copied lines) until `minutes`; (files, minutes, speakers)."""
+    per_speaker = [sorted(spk.glob("*/*.flac")) for spk in sorted(subset_dir.iterdir())]
+    turns = [f for k in range(max(map(len, per_speaker))) for files in per_speaker for f in files[k:k + 1]]
+    target, total, chosen = minutes * 60 * SAMPLE_RATE, 0, []
+    for flac in turns:
+        if total >= target:
+            break
+        chosen.append(flac)
+        total += sf.info(str(flac)).frames
+    if total < target:
+        raise W2vtkError(f"--librilight-minutes {minutes:g} is more than train-clean-100 holds "
+                         f"({total / SAMPLE_RATE / 60:.1f} min)")
+    lines: dict[Path, list[str]] = {}
+    for flac in chosen:
+        chapter = flac.parent.relative_to(subset_dir)
+        (out / chapter).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(flac, out / chapter / flac.name)
+        lines.setdefault(chapter, []).append(flac.name[:-len(".flac")])
+    for chapter, utts in lines.items():
+        name = f"{chapter.parent.name}-{chapter.name}.trans.txt"
+        source = dict(line.split(" ", 1) for line in (subset_dir / chapter / name).read_text().splitlines())
+        (out / chapter / name).write_text("".join(f"{u} {source[u]}\n" for u in sorted(utts)), encoding="utf-8")
+    return len(chosen), total / SAMPLE_RATE / 60, len({c.parent for c in lines})
 
 
 def _write_libri_subset(subset_dir: Path, name: str, group: list[Speaker], sentences: list[str],
