@@ -152,3 +152,31 @@ def test_two_process_update_matches_one_process(prepared_librispeech, tmp_path):
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
     la, lb = train_losses(tmp_path / "single"), train_losses(tmp_path / "ddp")
     assert abs(la[1] - lb[1]) < 1e-4
+
+
+@pytest.mark.parametrize("clip_norm", [0.0, 1e-3, 1e3])
+def test_update_divides_and_clips_like_clip_grad_norm(clip_norm):
+    from w2vtk.training.trainer import divide_and_clip
+
+    torch.manual_seed(0)
+    shapes = [(64, 32), (32,), (7, 3, 5)]
+    start = [torch.randn(s) for s in shapes]
+    ours = [torch.nn.Parameter(x.clone()) for x in start]
+    ref = [torch.nn.Parameter(x.clone()) for x in start]
+    # Adam is blind to a constant gradient scale but for eps: a large eps makes a wrong scale show.
+    opts = [torch.optim.AdamW(ps, lr=0.1, eps=1.0, weight_decay=0.01, fused=True) for ps in (ours, ref)]
+    for step in range(3):
+        summed = [torch.randn(s) * 50 * (step + 1) for s in shapes]  # gradients summed over 50 frames
+        for p, g in zip(ours, summed):
+            p.grad = g.clone()
+        norm = divide_and_clip(opts[0], ours, 50.0, clip_norm)
+        opts[0].step()
+        opts[0].zero_grad()
+        for p, g in zip(ref, summed):
+            p.grad = g / 50.0
+        ref_norm = torch.nn.utils.clip_grad_norm_(ref, clip_norm if clip_norm > 0 else float("inf"))
+        opts[1].step()
+        opts[1].zero_grad()
+        assert norm == pytest.approx(float(ref_norm), rel=1e-6)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-6, atol=1e-6)

@@ -64,6 +64,31 @@ class RunInfo:
     sentencepiece: torch.Tensor | None = None
 
 
+def divide_and_clip(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], sample_size: float,
+                    clip_norm: float, scaler: torch.amp.GradScaler | None = None) -> float:
+    """Prepares the next optimizer step to use the summed gradients divided by `sample_size` and clipped
+    to a total norm of `clip_norm` (0: no clipping), as clip_grad_norm_ clips. Returns their norm after
+    the division, before clipping (non-finite when some gradient is).
+
+    With a GradScaler (fp16) the gradients themselves are rescaled. Otherwise the optimizer is the
+    fused AdamW and the division and clipping make one factor, its grad_scale, which it applies as it
+    reads each gradient: two fewer passes over all of them.
+    """
+    max_norm = clip_norm if clip_norm > 0 else float("inf")
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+        for p in params:
+            if p.grad is not None:
+                p.grad.div_(sample_size)
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
+    grads = [p.grad for p in params if p.grad is not None]
+    grad_norm = float(torch.nn.utils.get_total_norm(grads)) / sample_size if grads else 0.0
+    clip = min(1.0, max_norm / (grad_norm + 1e-6)) if math.isfinite(grad_norm) else 1.0
+    device = grads[0].device if grads else None
+    optimizer.grad_scale = torch.tensor(sample_size / clip, device=device)
+    return grad_norm
+
+
 class Trainer:
     def __init__(self, *, exp_dir: str | os.PathLike, objective: Objective, train: AudioDataset,
                  valid: AudioDataset | None, crop: bool, data_cfg: DataConfig, optim_cfg: OptimConfig,
@@ -258,14 +283,8 @@ class Trainer:
         totals = D.all_reduce_sum(torch.tensor([sample_size, audio] + [sums[k] for k in keys], dtype=torch.float64),
                                   self.dist)
         D.all_reduce_grads(params, self.dist)
-        if self.scaler:
-            self.scaler.unscale_(self.optimizer)
         total = max(float(totals[0]), 1.0)
-        for p in params:
-            if p.grad is not None:
-                p.grad.div_(total)
-        max_norm = self.optim_cfg.clip_norm if self.optim_cfg.clip_norm > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
+        grad_norm = divide_and_clip(self.optimizer, params, total, self.optim_cfg.clip_norm, self.scaler)
         stats = {k: float(v) / total for k, v in zip(keys, totals[2:].tolist())}  # over all ranks
         finite = math.isfinite(grad_norm) and all(math.isfinite(v) for v in stats.values())
         lr = self.optim_cfg.lr * lr_multiplier(self.optim_cfg, self.step)
