@@ -108,23 +108,27 @@ def run_pretrain(args, precision: str, wav_path: Path, gemm: dict, log) -> dict:
     entry["peak_rss_mb"] = _memory(res)
     entry["batch"] = f"{args.batch} x {args.seconds:g} s"
     if not args.no_flops:
-        flops = {s: res[s].extra["flops"] for s in ("ours", "ref")}
-        entry["flops_per_step"] = flops
-        entry["achieved_flops_per_s"] = {s: flops[s] / res[s].wall for s in flops}
-        peak = gemm["float32"]
-        # Fraction of the fp32 GEMM peak, by wall time and by CPU time (the latter compares CPU
-        # seconds with CPU seconds, so other processes' load affects it much less).
-        entry["gemm_fraction"] = {s: flops[s] / res[s].wall / peak["flops_per_s"] for s in flops}
-        entry["gemm_fraction_cpu"] = {s: flops[s] / res[s].cpu * args.threads / peak["flops_per_cpu_s"]
-                                      for s in flops}
+        _add_gemm_fraction(entry, res, gemm, args.threads)
     entry["loss"] = {s: res[s].extra.get("loss") for s in ("ours", "ref")}
     return entry
 
 
-def run_inference(args, wav_path: Path, log) -> dict:
+def _add_gemm_fraction(entry: dict, res: dict, gemm: dict, threads: int) -> None:
+    """FLOPs of one repetition and the achieved fraction of the fp32 GEMM peak, into `entry`."""
+    flops = {s: res[s].extra["flops"] for s in ("ours", "ref")}
+    entry["flops_per_step"] = flops
+    entry["achieved_flops_per_s"] = {s: flops[s] / res[s].wall for s in flops}
+    peak = gemm["float32"]
+    # Fraction of the fp32 GEMM peak, by wall time and by CPU time (the latter compares CPU
+    # seconds with CPU seconds, so other processes' load affects it much less).
+    entry["gemm_fraction"] = {s: flops[s] / res[s].wall / peak["flops_per_s"] for s in flops}
+    entry["gemm_fraction_cpu"] = {s: flops[s] / res[s].cpu * threads / peak["flops_per_cpu_s"] for s in flops}
+
+
+def run_inference(args, wav_path: Path, gemm: dict, log) -> dict:
     specs = {side: {"bench": "inference", "side": side, "wav": str(wav_path), "size": args.size}
              for side in ("ours", "ref")}
-    res = harness.alternate(specs, args.threads, args.warmup, args.reps or 5, log=log)
+    res = harness.alternate(specs, args.threads, args.warmup, args.reps or 5, flops=not args.no_flops, log=log)
     audio = args.infer_batch * args.infer_seconds
     entry = _speed_entry(res, audio, "audio s/s", "audio s per CPU s", args.threads)
     entry["rtf"] = {"unit": "compute s per audio s (lower is better)",
@@ -132,6 +136,8 @@ def run_inference(args, wav_path: Path, log) -> dict:
     entry["rtf_cpu"] = {"unit": "CPU s per audio s", "ours": res["ours"].cpu / audio, "ref": res["ref"].cpu / audio}
     entry["peak_rss_mb"] = _memory(res)
     entry["batch"] = f"{args.infer_batch} x {args.infer_seconds:g} s"
+    if not args.no_flops:  # how close each side is to the machine's matmul rate: the room left
+        _add_gemm_fraction(entry, res, gemm, args.threads)
     return entry
 
 
@@ -226,9 +232,11 @@ def main(argv=None) -> dict:
     results: dict = {"machine": machine_facts(args.threads)}
     corpus_dir = args.corpus or corpus.synth_corpus(args.cache)
     pretraining = [b for b in args.bench if b.startswith("pretrain")]
-    if pretraining:
+    gemm: dict = {}
+    if pretraining or "inference" in args.bench:
         log("GEMM peak (torch.mm)")
         results["gemm_peak"] = gemm = {d: harness.gemm_peak(args.threads, dtype=d) for d in ("float32", "bfloat16")}
+    if pretraining:
         import numpy as np
 
         wav = corpus.speech_segments(corpus_dir, args.batch, args.seconds)
@@ -246,7 +254,7 @@ def main(argv=None) -> dict:
         log(f"inference: CTC forward on {args.infer_batch} x {args.infer_seconds:g} s")
         wav_path = args.cache / f"inference-{args.infer_batch}x{args.infer_seconds:g}.npy"
         np.save(wav_path, corpus.speech_segments(corpus_dir, args.infer_batch, args.infer_seconds))
-        results["inference"] = run_inference(args, wav_path, log)
+        results["inference"] = run_inference(args, wav_path, gemm, log)
     if "decode" in args.bench:
         log(f"decode: 4-gram beam search over {args.decode_utts} utterances")
         results["decode"] = run_decode(args, corpus_dir, log)

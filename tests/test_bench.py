@@ -56,6 +56,8 @@ def test_pretraining_reports_memory_flops_and_gemm_fraction(bench_results):
             assert _positive(e["gemm_fraction"][side]) and _positive(e["gemm_fraction_cpu"][side])
             assert math.isfinite(e["loss"][side])
     assert _positive(written["inference"]["rtf"]["ours"]) and _positive(written["inference"]["peak_rss_mb"]["ref"])
+    inference = written["inference"]["flops_per_step"]
+    assert _positive(inference["ours"]) and inference["ours"] == pytest.approx(inference["ref"], rel=0.02)
 
 
 def test_decoding_reports_word_error_rates_and_prepare_counts_files(bench_results):
