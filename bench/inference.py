@@ -18,6 +18,9 @@ def build(side: str, wav_path: str, size: str = "base"):
         from w2vtk.model import base, tiny
 
         model = (base if size == "base" else tiny)(vocab_size=VOCAB_SIZE, latent_vars=0).eval()
+        # No parameter needs a gradient: FlopCounterMode's module hooks fail under inference_mode on
+        # parameters that would (and inference_mode skips gradients anyway).
+        model.requires_grad_(False)
 
         def run():
             with torch.inference_mode():
@@ -28,7 +31,7 @@ def build(side: str, wav_path: str, size: str = "base"):
 
         from bench.pretrain import hf_config
 
-        model = Wav2Vec2ForCTC(hf_config(size, vocab_size=VOCAB_SIZE)).eval()
+        model = Wav2Vec2ForCTC(hf_config(size, vocab_size=VOCAB_SIZE)).eval().requires_grad_(False)
 
         def run():
             with torch.inference_mode():

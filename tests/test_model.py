@@ -123,6 +123,20 @@ def test_padded_batch_equals_each_utterance_alone(style, waveforms):
             assert torch.allclose(logits[i, :n], model.ctc_logits(x)[0][0], atol=1e-5)
 
 
+@pytest.mark.parametrize("style", ["base", "large"])
+def test_inference_paths_of_the_cnn_equal_its_training_path(style, waveforms):
+    """Without gradients the CNN reads overlapping windows in place and normalises and activates in
+    place; with them it builds the windows. Both give the same features."""
+    model = model_of(style)
+    n = min(len(w) for w in waveforms)
+    wav = torch.from_numpy(np.stack([w[:n] for w in waveforms]))
+    with torch.no_grad():
+        fast, _ = model.feature_extractor(wav)
+    slow, _ = model.feature_extractor(wav)  # parameters require gradients: the training path
+    assert slow.requires_grad and not fast.requires_grad
+    torch.testing.assert_close(fast, slow.detach(), rtol=1e-5, atol=1e-5)
+
+
 def test_normalize_waveform_ignores_padding(waveforms):
     wav, lengths = pad(waveforms)
     out = normalize_waveform(wav, lengths)
