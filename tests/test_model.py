@@ -137,6 +137,27 @@ def test_inference_paths_of_the_cnn_equal_its_training_path(style, waveforms):
     torch.testing.assert_close(fast, slow.detach(), rtol=1e-5, atol=1e-5)
 
 
+def test_dropout_drops_p_and_keeps_the_expectation():
+    from w2vtk.model.dropout import Dropout, dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(1000, 1000, requires_grad=True)
+    y = dropout(x, 0.1)
+    out = y.detach()
+    dropped = float((out == 0).float().mean())
+    assert abs(dropped - 0.1) < 0.002  # 1e6 draws: the standard error is 0.0003
+    assert float(out.mean()) == pytest.approx(1.0, abs=0.005)
+    kept = out[out != 0]
+    assert torch.allclose(kept, torch.full_like(kept, 1 / (1 - 3277 / 32768)))  # p rounded to 2**-15
+    y.sum().backward()
+    assert torch.equal(x.grad, out)  # the gradient is the same mask and scale
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x, 0.1), y)  # torch's seed decides the mask
+    assert dropout(x, 0.1, training=False) is x and dropout(x, 0.0) is x
+    module = Dropout(0.5).eval()
+    assert module(x) is x
+
+
 def test_normalize_waveform_ignores_padding(waveforms):
     wav, lengths = pad(waveforms)
     out = normalize_waveform(wav, lengths)

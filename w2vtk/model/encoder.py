@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from w2vtk.model.dropout import Dropout, dropout
+
 
 def conv_output_lengths(lengths: Tensor, conv_layers: list[list[int]]) -> Tensor:
     """Frames out of the CNN for `lengths` samples: floor((L - kernel) / stride) + 1 per layer, at least 0."""
@@ -311,7 +313,7 @@ class SelfAttention(nn.Module):
         scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
         if attn_mask is not None:
             scores = scores.masked_fill(~attn_mask, float("-inf"))
-        probs = F.dropout(torch.softmax(scores, dim=-1), self.dropout, training=True)
+        probs = dropout(torch.softmax(scores, dim=-1), self.dropout)
         return torch.matmul(probs.to(v.dtype), v)
 
 
@@ -322,8 +324,8 @@ class FeedForward(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
-        self.activation_dropout = nn.Dropout(activation_dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.activation_dropout = Dropout(activation_dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         """(batch, frame, dim) -> (batch, frame, dim)."""
@@ -339,7 +341,7 @@ class EncoderLayer(nn.Module):
         self.layer_norm_first = layer_norm_first
         self.self_attn = SelfAttention(dim, heads, attention_dropout)
         self.self_attn_layer_norm = nn.LayerNorm(dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.feed_forward = FeedForward(dim, ffn_dim, activation_dropout, dropout)
         self.final_layer_norm = nn.LayerNorm(dim)
 
@@ -366,7 +368,7 @@ class TransformerEncoder(nn.Module):
         self.layer_norm_first, self.layerdrop = layer_norm_first, layerdrop
         self.pos_conv = ConvPositionalEmbedding(dim, conv_pos, conv_pos_groups)
         self.layer_norm = nn.LayerNorm(dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.layers = nn.ModuleList(
             EncoderLayer(dim, ffn_dim, heads, dropout, attention_dropout, activation_dropout, layer_norm_first)
             for _ in range(layers))

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from w2vtk.checkpoint import CheckpointError, architecture_mismatch
 from w2vtk.errors import W2vtkError
+from w2vtk.model.dropout import Dropout
 from w2vtk.model.config import ARCH_KEYS, ModelConfig, base_config, large_config, tiny_config
 from w2vtk.model.encoder import FeatureExtractor, TransformerEncoder, conv_output_lengths, lengths_to_padding_mask
 from w2vtk.model.quantizer import GumbelVectorQuantizer, QuantizerOutput
@@ -90,7 +91,7 @@ class Wav2Vec2Model(nn.Module):
         self.feature_extractor = FeatureExtractor(cfg.conv_layers, cfg.extractor_mode, cfg.conv_bias)
         self.layer_norm = nn.LayerNorm(cfg.conv_dim)
         self.post_extract_proj = nn.Linear(cfg.conv_dim, dim) if cfg.conv_dim != dim else None
-        self.dropout_input = nn.Dropout(cfg.dropout_input)
+        self.dropout_input = Dropout(cfg.dropout_input)
         self.mask_emb = nn.Parameter(torch.empty(dim).uniform_())
         self.encoder = TransformerEncoder(
             dim, cfg.encoder_layers, cfg.encoder_ffn_embed_dim, cfg.encoder_attention_heads, cfg.conv_pos,
