@@ -48,7 +48,7 @@ def pretrained(prepared_librispeech, tmp_path_factory) -> Path:
 def test_transformer_frozen_first_then_trained_cnn_frozen_at_grad_mult_0(prepared_librispeech, pretrained, tmp_path):
     exp = tmp_path / "exp"
     finetune(prepared_librispeech, exp, "--init", str(pretrained), "task.freeze_finetune_updates=2",
-             "--keep-last", "5", updates=3)
+             "task.feature_grad_mult=0", "--keep-last", "5", updates=3)
     init = load_checkpoint(pretrained)["model"]
     after = [load_checkpoint(exp / "checkpoints" / f"checkpoint_{s}.pt")["model"] for s in (1, 2, 3)]
     layer = "encoder.layers.0.fc1.weight" if "encoder.layers.0.fc1.weight" in init else next(

@@ -194,7 +194,7 @@ def _overlapping_conv_without_copies(x: Tensor, w: Tensor, bias: Tensor | None, 
                 else:
                     torch.addmm(bias, rows, part, out=out[b])
             else:
-                out[b].addmm_(rows, part)
+                torch.addmm(out[b], rows, part, out=out[b])  # accumulates in place
     return out
 
 
