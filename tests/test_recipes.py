@@ -341,6 +341,25 @@ def test_librispeech_stage_2_with_a_given_lm(librispeech_run):
     assert (work / "given bin" / "lm" / ".done").is_file()
 
 
+def test_librispeech_stage_1_with_a_synthesized_10_minute_split(librispeech_run):
+    """A synthesized librispeech_finetuning/ holds only 1h/0: stage 1 prepares train-10m and
+    --labelled 10m can use it, while --labelled 1h says what is missing."""
+    work, _, _ = librispeech_run
+    from w2vtk.synth.librispeech import LIBRILIGHT_10M, _write_librilight_split
+
+    _write_librilight_split(work / "my corpus" / "LibriSpeech" / "train-clean-100", work / "my corpus" / LIBRILIGHT_10M,
+                            0.3)
+    base = ["--corpus", "my corpus", "--librilight", "my corpus/librispeech_finetuning", "--data", "with 10m"]
+    _bash(LIBRISPEECH, *base, "--labelled", "10m", "--stage", "1", "--stop-stage", "1", cwd=work)
+    manifests = work / "with 10m" / "manifests"
+    assert (manifests / "train-10m.tsv").is_file() and not (manifests / "train-1h.tsv").exists()
+    split = (manifests / "train-10m.tsv").read_text().splitlines()
+    assert split[0].endswith("librispeech_finetuning") and all(row.startswith("1h/0/clean/") for row in split[1:])
+    proc = _bash(LIBRISPEECH, *base, "--labelled", "1h", "--conf", "tiny", "--stage", "4", "--stop-stage", "4",
+                 "--init", "exp/librispeech_tiny/pretrain/checkpoints/best.pt", cwd=work, ok=False)
+    assert proc.returncode == 1 and "train-1h.tsv is missing" in proc.stderr
+
+
 # ---------------------------------------------------------------- TIMIT end to end
 
 def test_timit_recipe(synth_timit, librispeech_run, tmp_path):
