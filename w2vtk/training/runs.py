@@ -67,7 +67,11 @@ def _train(trainer: Trainer, exp_dir: Path, info: D.DistInfo, max_updates: int) 
         D.barrier(info)
         # Distinct dropout streams per rank, after the shared initialisation.
         torch.manual_seed(trainer.seed * 1000 + info.rank)
-        return trainer.fit(max_updates)
+        metrics = trainer.fit(max_updates)
+        # Tear the process group down together: a rank that leaves while another still saves its last
+        # checkpoint can be aborted by gloo's threads at exit ("terminate called ...").
+        D.barrier(info)
+        return metrics
     finally:
         if lock:
             lock.__exit__(None, None, None)
