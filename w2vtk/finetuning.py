@@ -2,8 +2,8 @@
 
 The CNN stays frozen throughout when feature_grad_mult is 0, as in the paper; a positive value (a
 model trained from random weights) lets it learn with that gradient scale. For the first
-`freeze_finetune_updates` the Transformer is frozen too and only the CTC head learns. Time masks (mask_prob, as in
-pretraining) and channel masks continue during fine-tuning. The loss is CTC with the blank at index 0,
+`freeze_finetune_updates` the Transformer is frozen too and only the CTC head learns. Time masks
+(mask_prob, as in pretraining) and channel masks continue during fine-tuning. The loss is CTC with the blank at index 0,
 summed over utterances with `zero_infinity` and normalised by the number of target tokens.
 """
 from __future__ import annotations

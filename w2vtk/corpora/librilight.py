@@ -15,6 +15,7 @@ from w2vtk.errors import W2vtkError
 
 log = logging.getLogger(__name__)
 
+LIBRILIGHT_DIR = "librispeech_finetuning"  # what librispeech_finetuning.tgz extracts to
 ONE_HOUR_PARTS = [f"1h/{i}" for i in range(6)]
 SPLITS = {
     "train-10m": ONE_HOUR_PARTS[:1],
@@ -26,7 +27,7 @@ SPLITS = {
 def find_librilight_base(corpus_dir: str | Path) -> Path:
     """CORPUS_DIR itself or CORPUS_DIR/librispeech_finetuning: the folder that holds 1h/ and 9h/."""
     corpus_dir = check_corpus_dir(corpus_dir, "Libri-light splits (1h/ and 9h/)")
-    nested = corpus_dir / "librispeech_finetuning"
+    nested = corpus_dir / LIBRILIGHT_DIR
     return nested if nested.is_dir() and not (corpus_dir / "1h").is_dir() else corpus_dir
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from w2vtk.audio import SAMPLE_RATE
+from w2vtk.audio import SAMPLE_RATE, audio_info
+from w2vtk.corpora.librilight import LIBRILIGHT_DIR, SPLITS
 from w2vtk.errors import W2vtkError
 from w2vtk.fileio import atomic_write_text
 from w2vtk.synth.common import Speaker, Staging, SynthSummary, load_sentences, make_speakers, pool_map
@@ -90,7 +91,7 @@ def synth_librispeech(out_dir: str | Path, train_minutes: float = 30, dev_minute
             split = _write_librilight_split(staging.path / "LibriSpeech" / "train-clean-100",
                                             staging.path / LIBRILIGHT_10M, librilight_minutes)
             rows.append(("librilight 1h/0", *split))
-            staging.publish(LIBRILIGHT_10M.split("/")[0])
+            staging.publish(LIBRILIGHT_DIR)
         for name in subsets:
             staging.publish(f"LibriSpeech/{name}")
     header = ";ID  |SEX| SUBSET           |MINUTES| NAME\n"
@@ -101,7 +102,7 @@ def synth_librispeech(out_dir: str | Path, train_minutes: float = 30, dev_minute
     return SynthSummary(out_dir, rows)
 
 
-LIBRILIGHT_10M = "librispeech_finetuning/1h/0/clean"
+LIBRILIGHT_10M = f"{LIBRILIGHT_DIR}/{SPLITS['train-10m'][0]}/clean"
 
 
 def _write_librilight_split(subset_dir: Path, out: Path, minutes: float) -> tuple[int, float, int]:
@@ -114,7 +115,7 @@ def _write_librilight_split(subset_dir: Path, out: Path, minutes: float) -> tupl
         if total >= target:
             break
         chosen.append(flac)
-        total += sf.info(str(flac)).frames
+        total += audio_info(flac).num_samples
     if total < target:
         raise W2vtkError(f"--librilight-minutes {minutes:g} is more than train-clean-100 holds "
                          f"({total / SAMPLE_RATE / 60:.1f} min)")
