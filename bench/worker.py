@@ -100,6 +100,10 @@ def main() -> None:
         # torch only where it is used: the prepare and decode commands do not import it, and a
         # process holding it forks its worker pools several times slower
         _set_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if spec.get("keep_freed_memory"):  # what the w2vtk command does at start
+        from w2vtk.host_memory import keep_freed_memory
+
+        keep_freed_memory()
     base_rss = rss_mb()
     run, facts = build(spec)
     answer = {"ready": True, "rss_after_import_mb": base_rss, "rss_ready_mb": rss_mb(), **facts}

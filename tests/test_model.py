@@ -125,8 +125,9 @@ def test_padded_batch_equals_each_utterance_alone(style, waveforms):
 
 @pytest.mark.parametrize("style", ["base", "large"])
 def test_inference_paths_of_the_cnn_equal_its_training_path(style, waveforms):
-    """Without gradients the CNN reads overlapping windows in place and normalises and activates in
-    place; with them it builds the windows. Both give the same features."""
+    """Without gradients the CNN reads overlapping windows in place and (with a channel norm) folds the
+    norm into the first layer's weights; with them it builds the windows. Both give the same
+    features, for equal lengths and for a padded batch."""
     model = model_of(style)
     n = min(len(w) for w in waveforms)
     wav = torch.from_numpy(np.stack([w[:n] for w in waveforms]))
@@ -135,6 +136,82 @@ def test_inference_paths_of_the_cnn_equal_its_training_path(style, waveforms):
     slow, _ = model.feature_extractor(wav)  # parameters require gradients: the training path
     assert slow.requires_grad and not fast.requires_grad
     torch.testing.assert_close(fast, slow.detach(), rtol=1e-5, atol=1e-5)
+    padded, lengths = pad(waveforms)
+    padded[0, lengths[0]:] = 0.3  # padding must not change the statistics of either path
+    with torch.no_grad():
+        fast, fast_lengths = model.feature_extractor(padded, lengths)
+    slow, slow_lengths = model.feature_extractor(padded, lengths)
+    assert torch.equal(fast_lengths, slow_lengths)
+    torch.testing.assert_close(fast, slow.detach(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel,stride", [(3, 2), (2, 2), (10, 5), (4, 1), (2, 3)])
+def test_conv_as_matmul_equals_conv1d_with_its_gradients(kernel, stride):
+    """Windows that overlap, tile or leave gaps: the forward and all three gradients are nn.Conv1d's,
+    and FlopCounterMode counts the same work for both (the benchmark's GEMM fraction relies on it)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from w2vtk.model.encoder import conv1d_as_matmul
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 41, 8, requires_grad=True)  # (batch, frame, channel)
+    weight = torch.randn(6, 8, kernel, requires_grad=True)
+    bias = torch.randn(6, requires_grad=True)
+    ours = conv1d_as_matmul(x, weight, bias, stride)
+    ref = torch.nn.functional.conv1d(x.transpose(1, 2), weight, bias, stride=stride).transpose(1, 2)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    upstream = torch.randn_like(ref)
+    grads = torch.autograd.grad(ours, (x, weight, bias), upstream)
+    ref_grads = torch.autograd.grad(ref, (x, weight, bias), upstream)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+    flops = []
+    for conv in (lambda: conv1d_as_matmul(x, weight, bias, stride),
+                 lambda: torch.nn.functional.conv1d(x.transpose(1, 2), weight, bias, stride=stride)):
+        with FlopCounterMode(display=False) as counter:
+            conv().sum().backward()
+        flops.append(counter.get_total_flops())
+    assert flops[0] == flops[1] > 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = conv1d_as_matmul(x, weight, bias, stride)
+    assert low.dtype == torch.bfloat16  # the GEMMs ran in bf16, as F.linear's would
+    torch.testing.assert_close(low.float(), ref, rtol=0.05, atol=0.2)
+    grads = torch.autograd.grad(low.float(), (x, weight, bias), upstream)
+    for g, r in zip(grads, ref_grads):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, r, rtol=0.05, atol=0.5)
+
+
+@pytest.mark.parametrize("kernel,frames", [(128, 499), (128, 129), (128, 7), (64, 300), (31, 100)])
+def test_positional_conv_by_fft_equals_the_convolution(kernel, frames):
+    """In fp32 on a CPU the positional convolution runs by overlap-save FFTs: the grouped convolution's
+    output and gradients, and without gradients a cached kernel spectrum that follows in-place
+    weight updates."""
+    from w2vtk.model.encoder import ConvPositionalEmbedding
+
+    torch.manual_seed(0)
+    pos = ConvPositionalEmbedding(96, kernel, groups=4)
+    x = torch.randn(3, frames, 96, requires_grad=True)
+
+    def convolution():  # the module's parameters through nn.Conv1d
+        return torch.nn.functional.gelu(pos.conv(x.transpose(1, 2))[:, :, :frames]).transpose(1, 2)
+
+    upstream = torch.randn(3, frames, 96)
+    ours, ref = pos(x), convolution()
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    params = [x, *pos.parameters()]
+    for g, r in zip(torch.autograd.grad(ours, params, upstream), torch.autograd.grad(ref, params, upstream)):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(pos(x), ref.detach(), rtol=1e-5, atol=1e-5)
+        pos.conv.parametrizations.weight.original1.mul_(-2.0)  # as an optimizer step would, in place
+        pos.conv.bias.add_(1.0)
+        torch.testing.assert_close(pos(x), convolution(), rtol=1e-5, atol=1e-5)
+    pos.load_state_dict(ConvPositionalEmbedding(96, kernel, groups=4).state_dict())
+    with torch.inference_mode():
+        torch.testing.assert_close(pos(x), convolution(), rtol=1e-5, atol=1e-5)
+    ours = pos(x)  # with gradients again: a fresh spectrum in the graph, not the cached one
+    torch.autograd.grad(ours, params, upstream)
 
 
 def test_dropout_drops_p_and_keeps_the_expectation():
@@ -148,12 +225,14 @@ def test_dropout_drops_p_and_keeps_the_expectation():
     assert abs(dropped - 0.1) < 0.002  # 1e6 draws: the standard error is 0.0003
     assert float(out.mean()) == pytest.approx(1.0, abs=0.005)
     kept = out[out != 0]
-    assert torch.allclose(kept, torch.full_like(kept, 1 / (1 - 3277 / 32768)))  # p rounded to 2**-15
+    assert torch.allclose(kept, torch.full_like(kept, 1 / (1 - 6554 / 65536)))  # p rounded to 2**-16
     y.sum().backward()
     assert torch.equal(x.grad, out)  # the gradient is the same mask and scale
     torch.manual_seed(0)
     assert torch.equal(dropout(x, 0.1), y)  # torch's seed decides the mask
     assert dropout(x, 0.1, training=False) is x and dropout(x, 0.0) is x
+    odd = dropout(torch.ones(3, 7), 0.5)  # a size that is not a multiple of the four draws per word
+    assert odd.shape == (3, 7) and set(odd.unique().tolist()) <= {0.0, 2.0}
     module = Dropout(0.5).eval()
     assert module(x) is x
 

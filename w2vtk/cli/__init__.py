@@ -81,7 +81,10 @@ def main(ctx: click.Context, verbose: int, seed: int) -> None:
         for noisy in ("urllib3", "matplotlib", "PIL", "numba", "transformers"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     ctx.obj = {"seed": seed, "verbose": verbose}
+    from w2vtk.host_memory import keep_freed_memory
     from w2vtk.seeding import seed_everything
+
+    keep_freed_memory()  # large tensors reuse freed memory instead of faulting in fresh pages
 
     seed_everything(seed)
 

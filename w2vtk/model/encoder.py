@@ -92,23 +92,9 @@ class ChannelNorm(nn.GroupNorm):
     def __init__(self, channels: int):
         super().__init__(channels, channels, affine=True)
 
-    def _normalize_in_place(self, x: Tensor) -> Tensor:
-        """Without gradients: x's own memory becomes the output (x is the convolution's fresh output,
-        used nowhere else), with two-pass statistics (the mean, then the centred sum of squares).
-        Measured on 4 x 10 s of BASE: 75 ms against 158 ms for the autograd path."""
-        frames = x.shape[1]
-        mean = x.sum(1, keepdim=True) / frames
-        x.sub_(mean)
-        var = torch.linalg.vecdot(x, x, dim=1).unsqueeze(1) / frames
-        scale = torch.rsqrt(var + self.eps) * self.weight
-        return torch.addcmul(self.bias.expand_as(scale), x, scale, out=x)
-
-    def forward(self, x: Tensor, lengths: Tensor | None = None, reuse_input: bool = False) -> Tensor:
-        """x: (batch, frame, channel); lengths: (batch,) valid frames or None. reuse_input: x may be
-        overwritten with the output (when no gradient is needed)."""
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """x: (batch, frame, channel); lengths: (batch,) valid frames or None."""
         if lengths is None or bool((lengths == x.shape[1]).all()):
-            if reuse_input and _plain_fp32(x) and not _needs_grad(x, self.weight, self.bias):
-                return self._normalize_in_place(x)
             return _ChannelNormFunction.apply(x, self.weight, self.bias, self.eps)
         valid = (~lengths_to_padding_mask(lengths, x.shape[1])).to(x.dtype)[:, :, None]
         count = lengths.clamp(min=1).to(x.dtype)[:, None, None]
@@ -118,83 +104,153 @@ class ChannelNorm(nn.GroupNorm):
         return x * self.weight + self.bias
 
 
-class _FrameWindows(torch.autograd.Function):
-    """(batch, frame, channel) -> (batch, n, kernel * channel): window t holds frames stride*t ..
-    stride*t + kernel - 1, one after the other. Each window is a contiguous run of the input, so the
-    forward is one strided copy; the backward adds the kernel slices back, one strided add each
-    (torch's generic unfold backward is several times slower, in bf16 especially)."""
+def _tap_runs(kernel: int, stride: int) -> list[tuple[int, int]]:
+    """The kernel's taps as runs of at most `stride` consecutive frames: (first tap, taps) each."""
+    return [(start, min(stride, kernel - start)) for start in range(0, kernel, stride)]
+
+
+def _run_rows(x: Tensor, start: int, taps: int, stride: int, n: int) -> Tensor:
+    """(frame, channel) contiguous -> the (n, taps * channel) strided view whose row t holds frames
+    stride*t + start .. stride*t + start + taps - 1: BLAS reads and writes it in place."""
+    channels = x.shape[1]
+    return x.as_strided((n, taps * channels), (stride * channels, 1), x.storage_offset() + start * channels)
+
+
+class _OverlappingConv(torch.autograd.Function):
+    """A convolution of (batch, frame, channel) whose windows overlap (kernel > stride), without
+    materialising them: the taps split into runs of `stride` frames (`_tap_runs`), each a strided
+    view of x with one row per output frame, which BLAS reads in place; one GEMM per run and
+    utterance, accumulated (with addmm(out=), which FlopCounterMode counts, where it skips addmm_).
+    The backward writes the input's gradient through the same views, and the
+    weight's gradient from them, so neither pass copies windows (1.5x the input for kernel 3, stride
+    2) or scatters their gradient back.
+
+    x: (batch, frame, channel); w: (out, kernel * channel), taps major; bias: (out,) or None.
+    Returns (batch, n, out) with n = (frame - kernel) // stride + 1.
+    """
 
     @staticmethod
-    def forward(ctx, x: Tensor, kernel: int, stride: int) -> Tensor:
+    def forward(ctx, x: Tensor, w: Tensor, bias: Tensor | None, kernel: int, stride: int) -> Tensor:
+        x = x.contiguous()
         batch, frames, channels = x.shape
         n = (frames - kernel) // stride + 1
-        ctx.shape, ctx.kernel, ctx.stride = x.shape, kernel, stride
-        x = x.contiguous()
-        return x.as_strided((batch, n, kernel * channels), (frames * channels, stride * channels, 1)).contiguous()
+        out = x.new_empty(batch, n, w.shape[0])
+        for b in range(batch):
+            for i, (start, taps) in enumerate(_tap_runs(kernel, stride)):
+                rows = _run_rows(x[b], start, taps, stride, n)
+                part = w[:, start * channels:(start + taps) * channels].t()
+                if i > 0:
+                    torch.addmm(out[b], rows, part, out=out[b])  # accumulates in place
+                elif bias is None:
+                    torch.mm(rows, part, out=out[b])
+                else:
+                    torch.addmm(bias, rows, part, out=out[b])
+        ctx.save_for_backward(x, w)
+        ctx.kernel, ctx.stride, ctx.has_bias = kernel, stride, bias is not None
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        batch, frames, channels = ctx.shape
+        x, w = ctx.saved_tensors
         kernel, stride = ctx.kernel, ctx.stride
-        n = grad.shape[1]
-        grad_x = grad.new_zeros(batch, frames, channels)
-        for j in range(kernel):
-            grad_x[:, j:j + stride * (n - 1) + 1:stride] += grad[:, :, j * channels:(j + 1) * channels]
-        return grad_x, None, None
-
-
-def frame_windows(x: Tensor, kernel: int, stride: int) -> Tensor:
-    """(batch, frame, channel) -> (batch, n, kernel * channel), the input windows of a convolution."""
-    batch, frames, channels = x.shape
-    if kernel == stride:  # windows do not overlap: a plain reshape
-        n = (frames - kernel) // stride + 1
-        return x[:, :n * kernel].reshape(batch, n, kernel * channels)
-    return _FrameWindows.apply(x, kernel, stride)
+        grad = grad.contiguous()
+        batch, n, _ = grad.shape
+        channels = x.shape[2]
+        runs = _tap_runs(kernel, stride)
+        grad_x = grad_w = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            if kernel < stride:  # gaps between the windows: frames no tap reads
+                grad_x = torch.zeros_like(x)
+            else:
+                grad_x = torch.empty_like(x)
+                grad_x[:, stride * n:].zero_()  # frames the first run does not write (later taps', or none)
+            for b in range(batch):
+                for i, (start, taps) in enumerate(runs):  # the first run writes every frame < stride*n
+                    rows = _run_rows(grad_x[b], start, taps, stride, n)
+                    part = w[:, start * channels:(start + taps) * channels]
+                    if i == 0:
+                        torch.mm(grad[b], part, out=rows)
+                    else:
+                        torch.addmm(rows, grad[b], part, out=rows)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.empty_like(w)
+            for start, taps in runs:
+                cols = grad_w[:, start * channels:(start + taps) * channels]
+                for b in range(batch):
+                    rows = _run_rows(x[b], start, taps, stride, n)
+                    if b == 0:
+                        torch.mm(grad[b].t(), rows, out=cols)
+                    else:
+                        torch.addmm(cols, grad[b].t(), rows, out=cols)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum((0, 1))
+        return grad_x, grad_w, grad_bias, None, None
 
 
 def conv1d_as_matmul(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int) -> Tensor:
-    """A 1-D convolution (no padding) as one matrix product over the input windows.
+    """A 1-D convolution (no padding) as matrix products over the input windows.
 
     x: (batch, sample) for one input channel, else (batch, frame, channel); weight: (out, in, kernel)
     as in nn.Conv1d. Returns (batch, frame', out).
 
-    The CNN's kernels are short (2-10) and its strides equal or close to them, so the windows take
-    at most 1.5x the input; one GEMM over them runs near the machine's matmul peak (and in bf16
-    under autocast), where oneDNN's direct convolution of these shapes is slower and reorders its
-    inputs, and it gives the (batch, frame, channel) layout that LayerNorm and the next layer want.
+    The CNN's kernels are short (2-10) and its strides equal or close to them; GEMMs over the
+    windows run near the machine's matmul peak (and in bf16 under autocast), where oneDNN's direct
+    convolution of these shapes is slower and reorders its inputs, and they give the (batch, frame,
+    channel) layout that LayerNorm and the next layer want. Windows that do not overlap are a
+    reshape of x; other ones are read in place (`_OverlappingConv`).
     """
     out_ch, in_ch, kernel = weight.shape
     if x.dim() == 2:  # one input channel: the windows are a strided view of the waveform
         cols, w = x.unfold(1, kernel, stride), weight.view(out_ch, kernel)
         return F.linear(cols, w, bias)
     w = weight.transpose(1, 2).reshape(out_ch, kernel * in_ch)  # windows laid out (kernel, channel)
-    if kernel > stride and _plain_fp32(x) and not _needs_grad(x, weight, bias):
-        return _overlapping_conv_without_copies(x, w, bias, kernel, stride)
-    return F.linear(frame_windows(x, kernel, stride), w, bias)
-
-
-def _overlapping_conv_without_copies(x: Tensor, w: Tensor, bias: Tensor | None, kernel: int, stride: int) -> Tensor:
-    """conv1d_as_matmul for overlapping windows without materialising them (inference): the taps
-    split into runs of `stride` frames, each run a strided view of x with a row every `stride`
-    frames, which BLAS reads in place; one GEMM per run and utterance, accumulated.
-    x: (batch, frame, channel) contiguous; w: (out, kernel * channel). Returns (batch, n, out)."""
-    x = x.contiguous()
-    batch, frames, channels = x.shape
+    batch, frames, _ = x.shape
     n = (frames - kernel) // stride + 1
-    out = x.new_empty(batch, n, w.shape[0])
-    runs = [(start, min(stride, kernel - start)) for start in range(0, kernel, stride)]
+    if kernel == stride:  # windows tile the frames: a plain reshape
+        return F.linear(x[:, :n * kernel].reshape(batch, n, kernel * in_ch), w, bias)
+    if torch.is_autocast_enabled(x.device.type):  # the casts F.linear would make, outside the Function
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, w, bias = x.to(dtype), w.to(dtype), None if bias is None else bias.to(dtype)
+    with torch.autocast(x.device.type, enabled=False):
+        return _OverlappingConv.apply(x, w, bias, kernel, stride)
+
+
+def _channel_normed_conv_without_grad(wav: Tensor, weight: Tensor, norm: ChannelNorm, stride: int,
+                                      lengths: Tensor | None, chunk: int = 512) -> Tensor:
+    """GELU(ChannelNorm(conv(wav))) for one input channel, without gradients, in one pass over the output.
+
+    wav: (batch, sample); weight: (out, 1, kernel); lengths: (batch,) valid output frames or None.
+    Returns (batch, frame, out), as conv1d_as_matmul followed by `norm` and GELU.
+
+    The first layer's output is the CNN's largest tensor (65 M values for 4 x 10 s of BASE), and the
+    plain path passes over it five times (convolution, two statistics, normalisation, GELU). Here the
+    statistics come from the input instead: for y = W c + b over windows c, mean(y) = W mean(c) + b
+    and var(y) = diag(W cov(c) W^T), where cov(c) is kernel x kernel (10 x 10), taken in float64.
+    The normalisation then folds into the weights, y' = (scale * W)(c - mean(c)) + beta (the
+    convolution's bias, if any, cancels), and each chunk of output rows (1 MB for 512 channels) is
+    written once and activated while it is still in cache.
+    """
+    out_ch, _, kernel = weight.shape
+    batch, samples = wav.shape
+    n = (samples - kernel) // stride + 1
+    out = wav.new_empty(batch, max(n, 0), out_ch)
+    if n <= 0:
+        return out
+    w = weight.view(out_ch, kernel)
     for b in range(batch):
-        for i, (start, taps) in enumerate(runs):
-            rows = x[b].as_strided((n, taps * channels), (stride * channels, 1), x[b].storage_offset()
-                                   + start * channels)
-            part = w[:, start * channels:(start + taps) * channels].t()
-            if i == 0:
-                if bias is None:
-                    torch.mm(rows, part, out=out[b])
-                else:
-                    torch.addmm(bias, rows, part, out=out[b])
-            else:
-                torch.addmm(out[b], rows, part, out=out[b])  # accumulates in place
+        windows = wav[b].unfold(0, kernel, stride)  # (n, kernel), a view
+        valid = windows[:n if lengths is None else int(lengths[b])].double()
+        mean = valid.mean(0) if len(valid) else valid.new_zeros(kernel)
+        centred = valid - mean
+        cov = centred.t() @ centred / max(len(valid), 1)
+        var = ((w.double() @ cov) * w.double()).sum(1)  # bias and mean shift it, not its spread
+        scale = norm.weight.double() * torch.rsqrt(var + norm.eps)
+        w_scaled_t = (w.double() * scale[:, None]).t().to(wav.dtype)  # (kernel, out)
+        mean = mean.to(wav.dtype)
+        for start in range(0, n, chunk):
+            rows = out[b, start:start + chunk]
+            torch.addmm(norm.bias, windows[start:start + chunk] - mean, w_scaled_t, out=rows)
+            torch.ops.aten.gelu_(rows)
     return out
 
 
@@ -220,11 +276,14 @@ class ConvBlock(nn.Module):
     def forward(self, x: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """x: (batch, sample) for the first layer, else (batch, frame, channel) -> (batch, frame',
         out_channel), lengths (batch,) | None."""
-        x = conv1d_as_matmul(x, self.conv.weight, self.conv.bias, self.stride)
         if lengths is not None:
             lengths = (torch.div(lengths - self.kernel, self.stride, rounding_mode="floor") + 1).clamp(min=0)
+        if (isinstance(self.norm, ChannelNorm) and x.dim() == 2 and _plain_fp32(x)
+                and not _needs_grad(x, *self.parameters())):
+            return _channel_normed_conv_without_grad(x, self.conv.weight, self.norm, self.stride, lengths), lengths
+        x = conv1d_as_matmul(x, self.conv.weight, self.conv.bias, self.stride)
         if isinstance(self.norm, ChannelNorm):
-            x = self.norm(x, lengths, reuse_input=True)
+            x = self.norm(x, lengths)
         elif self.norm is not None:
             x = self.norm(x)
         if _plain_fp32(x) and not _needs_grad(x):  # x is this block's own fresh tensor: no second copy
@@ -260,6 +319,12 @@ class ConvPositionalEmbedding(nn.Module):
 
     An even kernel with padding kernel//2 yields one frame too many; the last one is dropped so that
     frame t sees frames t-k/2 .. t+k/2-1.
+
+    On a CPU in fp32 the convolution runs through FFTs (`_conv_by_fft`): BASE's kernel of 128 taps
+    over 768 channels in 16 groups costs 18.9 GFLOP per 4 x 10 s directly, which oneDNN runs in
+    85 ms; the FFT path takes 16 ms, plus 28 ms to transform the kernel, which inference keeps for
+    later calls until the weights change. Forward and backward of a training step (4 x 5 s):
+    89 ms against 192 ms.
     """
 
     def __init__(self, dim: int, kernel: int, groups: int):
@@ -270,13 +335,57 @@ class ConvPositionalEmbedding(nn.Module):
         nn.init.zeros_(conv.bias)
         self.conv = nn.utils.parametrizations.weight_norm(conv, name="weight", dim=2)
         self.trim = 1 if kernel % 2 == 0 else 0
+        self.kernel, self.groups = kernel, groups
+        self.fft_size = 1 << (2 * kernel - 1).bit_length()  # blocks of fft_size - kernel + 1 output frames
+        self._spectrum: tuple[tuple, Tensor] | None = None  # (weights' identity, kernel spectrum)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (batch, frame, dim) with padded frames zeroed -> (batch, frame, dim) positional term."""
+        if x.device.type == "cpu" and _plain_fp32(x):
+            return F.gelu(self._conv_by_fft(x))
         y = self.conv(x.transpose(1, 2))
         if self.trim:
             y = y[:, :, :-self.trim]
         return F.gelu(y).transpose(1, 2)
+
+    def _kernel_spectrum(self) -> Tensor:
+        """conj(rfft) of the weight-normed kernel, (group, freq, out/group, in/group) complex.
+
+        With gradients it is part of the graph and made afresh; without, it is kept while the
+        parameters are the same tensors at the same version (in-place updates bump it)."""
+        if torch.is_grad_enabled():
+            return self._spectrum_of(self.conv.weight)
+        params = self.conv.parametrizations.weight
+        key = tuple((t.data_ptr(), t._version) for t in (params.original0, params.original1))
+        if self._spectrum is None or self._spectrum[0] != key:
+            self._spectrum = (key, self._spectrum_of(self.conv.weight))
+        return self._spectrum[1]
+
+    def _spectrum_of(self, weight: Tensor) -> Tensor:
+        """weight (dim, dim / groups, kernel) -> (group, freq, out/group, in/group) complex."""
+        _, per_group, _ = weight.shape
+        spectrum = torch.fft.rfft(weight, n=self.fft_size, dim=-1).conj()
+        return spectrum.view(self.groups, per_group, per_group, -1).permute(0, 3, 1, 2).contiguous()
+
+    def _conv_by_fft(self, x: Tensor) -> Tensor:
+        """The convolution by overlap-save: y[t] = bias + sum_k W[k] x[t + k - kernel//2], t < frame.
+
+        x: (batch, frame, dim) -> (batch, frame, dim). Each block of fft_size input frames gives
+        fft_size - kernel + 1 output frames free of wrap-around; per frequency and group, the
+        channels mix by one small complex matrix product.
+        """
+        batch, frames, dim = x.shape
+        n, pad = self.fft_size, self.kernel // 2
+        step = n - self.kernel + 1
+        blocks = -(-frames // step)
+        x = F.pad(x, (0, 0, pad, (blocks - 1) * step + n - pad - frames))
+        spectrum = self._kernel_spectrum()
+        groups, freqs, per_group, _ = spectrum.shape
+        xf = torch.fft.rfft(x.unfold(1, n, step), dim=-1)  # (batch, block, dim, freq)
+        xf = xf.view(batch * blocks, groups, per_group, freqs).permute(1, 3, 2, 0)  # (group, freq, in, batch*block)
+        yf = torch.matmul(spectrum, xf).permute(3, 0, 2, 1).reshape(batch, blocks, dim, freqs)
+        y = torch.fft.irfft(yf, n=n, dim=-1)[..., :step]  # (batch, block, dim, step)
+        return y.transpose(2, 3).reshape(batch, blocks * step, dim)[:, :frames] + self.conv.bias
 
 
 class SelfAttention(nn.Module):
