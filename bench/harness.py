@@ -10,7 +10,7 @@ optimizer state and the largest step.
     spawn --------------------> import, build, answer {"ready": ..., "rss_mb": ...}
     "run" --------------------> one repetition -> {"wall": s, "cpu": s, ...}
     "flops" ------------------> FLOPs of one repetition (FlopCounterMode) -> {"flops": n}
-    "quit" -------------------> {"peak_rss_mb": ...}, exit
+    "quit" -------------------> {"peak_rss_mb": ...} (before any "flops"), exit
 """
 from __future__ import annotations
 

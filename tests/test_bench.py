@@ -57,7 +57,30 @@ def test_pretraining_reports_memory_flops_and_gemm_fraction(bench_results):
             assert math.isfinite(e["loss"][side])
     assert _positive(written["inference"]["rtf"]["ours"]) and _positive(written["inference"]["peak_rss_mb"]["ref"])
     inference = written["inference"]["flops_per_step"]
-    assert _positive(inference["ours"]) and inference["ours"] == pytest.approx(inference["ref"], rel=0.02)
+    # the same model; ours runs its positional convolution by FFTs, which count as fewer FLOPs
+    assert _positive(inference["ours"]) and 0.7 * inference["ref"] < inference["ours"] <= inference["ref"]
+    for key in ("pretrain_fp32", "inference"):
+        e = written[key]
+        assert e["model_flops_per_step"] == e["flops_per_step"]["ref"]
+        assert e["model_flops_fraction"]["ours"] >= e["gemm_fraction"]["ours"] > 0
+
+
+def test_a_grouped_convolutions_gradients_count_twice_its_forward():
+    """torch's FlopCounterMode counts the weight gradient of a grouped convolution `groups` times over;
+    the benchmark's counter does not."""
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from bench.worker import flop_counter
+
+    conv = torch.nn.Conv1d(32, 32, 9, groups=4)
+    x = torch.randn(2, 32, 50, requires_grad=True)
+    with flop_counter() as forward:
+        conv(x)
+    with flop_counter() as both:
+        conv(x).sum().backward()
+    assert forward.get_total_flops() > 0
+    assert both.get_total_flops() == 3 * forward.get_total_flops()
 
 
 def test_decoding_reports_word_error_rates_and_prepare_counts_files(bench_results):

@@ -214,6 +214,37 @@ def test_positional_conv_by_fft_equals_the_convolution(kernel, frames):
     torch.autograd.grad(ours, params, upstream)
 
 
+@pytest.mark.parametrize("with_grad", [True, False])
+def test_first_layer_folds_groupnorm_into_its_convolution(with_grad):
+    """The first CNN layer takes its channel statistics from the windows' covariance and folds the
+    norm into its weights: the output and the gradients of GroupNorm(conv(wav)) then GELU."""
+    from w2vtk.model.encoder import ChannelNorm, channel_normed_conv
+
+    torch.manual_seed(0)
+    wav = torch.randn(3, 4000) * 0.1 + 0.05  # a DC offset: the statistics must not suffer from it
+    weight = torch.randn(64, 1, 10, requires_grad=True)
+    norm = ChannelNorm(64)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    group_norm = torch.nn.GroupNorm(64, 64)
+    group_norm.weight, group_norm.bias = norm.weight, norm.bias
+
+    def reference():
+        y = torch.nn.functional.conv1d(wav[:, None], weight, stride=5)
+        return torch.nn.functional.gelu(group_norm(y)).transpose(1, 2)
+
+    with torch.set_grad_enabled(with_grad):
+        ours = channel_normed_conv(wav, weight, norm, 5, None)
+    ref = reference()
+    torch.testing.assert_close(ours, ref.detach() if not with_grad else ref, rtol=1e-4, atol=1e-5)
+    if with_grad:
+        upstream = torch.randn_like(ref)
+        params = (weight, norm.weight, norm.bias)
+        for g, r in zip(torch.autograd.grad(ours, params, upstream), torch.autograd.grad(ref, params, upstream)):
+            torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+
+
 def test_dropout_drops_p_and_keeps_the_expectation():
     from w2vtk.model.dropout import Dropout, dropout
 

@@ -38,8 +38,8 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # M_MMAP_MAX 0: no allocation gets its own mapping (the threshold cannot be raised past 32 MB);
-    # M_TRIM_THRESHOLD at its maximum: the heap's free top is not given back after each large free.
-    done = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    # M_TRIM_THRESHOLD -1: the heap's free top is never given back (mallopt(3)).
+    done = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, -1) == 1
     if not done:
         log.debug("mallopt refused; freed memory goes back to the system as usual")
     return done

@@ -34,74 +34,19 @@ def _plain_fp32(x: Tensor) -> bool:
     return x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)
 
 
-def _at_least_fp32(x: Tensor) -> Tensor:
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+class ChannelNorm(nn.Module):
+    """The parameters of BASE's first-layer normalisation: GroupNorm with one group per channel, over
+    time (fairseq's and transformers' names: weight, bias). `channel_normed_conv` applies it, folded
+    into the convolution, over each utterance's valid frames only: fairseq and transformers
+    normalise over the whole padded length, so padding changes every frame; taking the statistics
+    over an utterance's own frames makes a padded batch equal to its items alone (and identical to
+    GroupNorm when there is no padding)."""
 
-
-class _ChannelNormFunction(torch.autograd.Function):
-    """Per-(utterance, channel) normalisation over time of (batch, frame, channel), then scale and
-    shift per channel. Statistics in fp32, output in the input's dtype. One pass for the statistics
-    and one for the output, and three for the gradient: about a third of the traffic of autograd
-    through the same formula, without the transposes GroupNorm's (batch, channel, frame) needs."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
-        xf = _at_least_fp32(x)
-        frames = x.shape[1]
-        # Sums over time (a reduction over the middle axis) are several times faster than var_mean's
-        # there; taking them around each channel's first value keeps the variance exact to ~1e-6
-        # even for channels whose mean is far from zero.
-        shift = xf[:, :1]
-        centred = xf - shift
-        mean_shifted = centred.sum(1, keepdim=True) / frames  # (batch, 1, channel)
-        var = (centred.square_().sum(1, keepdim=True) / frames - mean_shifted.square()).clamp_min(0.0)
-        del centred
-        mean = shift + mean_shifted
-        rstd = torch.rsqrt(var + eps)
-        scale = rstd * weight.to(xf.dtype)
-        ctx.save_for_backward(x, weight, mean, rstd)
-        return torch.addcmul(bias.to(xf.dtype) - mean * scale, xf, scale).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        x, weight, mean, rstd = ctx.saved_tensors
-        g, xf = _at_least_fp32(grad), _at_least_fp32(x)
-        frames = x.shape[1]
-        grad_sum = g.sum(1, keepdim=True)  # (batch, 1, channel)
-        grad_dot = torch.linalg.vecdot(g, xf, dim=1).unsqueeze(1)  # sum over time of g * x
-        grad_xhat = rstd * (grad_dot - mean * grad_sum)  # sum over time of g * xhat
-        grad_weight = grad_xhat.sum((0, 1))
-        grad_bias = grad_sum.sum((0, 1))
-        # d/dx of w * (x - mean) * rstd: a*g + b*x + c with per-(utterance, channel) a, b, c
-        a = rstd * weight.to(xf.dtype)
-        b = -a * rstd * grad_xhat / frames
-        c = -a * grad_sum / frames - b * mean
-        grad_x = torch.addcmul(torch.addcmul(c, xf, b), g, a).to(x.dtype)
-        return grad_x, grad_weight.to(weight.dtype), grad_bias.to(weight.dtype), None
-
-
-class ChannelNorm(nn.GroupNorm):
-    """GroupNorm with one group per channel (BASE's first CNN layer), over the valid frames only,
-    on (batch, frame, channel) input.
-
-    fairseq and transformers normalise over the whole padded length, so padding changes every frame;
-    taking the statistics over each utterance's own frames makes a padded batch equal to its items
-    alone (and identical to GroupNorm when there is no padding).
-    """
-
-    def __init__(self, channels: int):
-        super().__init__(channels, channels, affine=True)
-
-    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """x: (batch, frame, channel); lengths: (batch,) valid frames or None."""
-        if lengths is None or bool((lengths == x.shape[1]).all()):
-            return _ChannelNormFunction.apply(x, self.weight, self.bias, self.eps)
-        valid = (~lengths_to_padding_mask(lengths, x.shape[1])).to(x.dtype)[:, :, None]
-        count = lengths.clamp(min=1).to(x.dtype)[:, None, None]
-        mean = (x * valid).sum(1, keepdim=True) / count
-        var = (((x - mean) * valid) ** 2).sum(1, keepdim=True) / count
-        x = (x - mean) * torch.rsqrt(var + self.eps)
-        return x * self.weight + self.bias
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
 
 
 def _tap_runs(kernel: int, stride: int) -> list[tuple[int, int]]:
@@ -215,50 +160,69 @@ def conv1d_as_matmul(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int
         return _OverlappingConv.apply(x, w, bias, kernel, stride)
 
 
-def _channel_normed_conv_without_grad(wav: Tensor, weight: Tensor, norm: ChannelNorm, stride: int,
-                                      lengths: Tensor | None, chunk: int = 512) -> Tensor:
-    """GELU(ChannelNorm(conv(wav))) for one input channel, without gradients, in one pass over the output.
+def channel_normed_conv(wav: Tensor, weight: Tensor, norm: ChannelNorm, stride: int, lengths: Tensor | None,
+                        chunk: int = 512) -> Tensor:
+    """GELU(ChannelNorm(conv(wav))) for one input channel, the first layer of BASE's CNN.
 
     wav: (batch, sample); weight: (out, 1, kernel); lengths: (batch,) valid output frames or None.
-    Returns (batch, frame, out), as conv1d_as_matmul followed by `norm` and GELU.
+    Returns (batch, frame, out).
 
-    The first layer's output is the CNN's largest tensor (65 M values for 4 x 10 s of BASE), and the
-    plain path passes over it five times (convolution, two statistics, normalisation, GELU). Here the
-    statistics come from the input instead: for y = W c + b over windows c, mean(y) = W mean(c) + b
-    and var(y) = diag(W cov(c) W^T), where cov(c) is kernel x kernel (10 x 10), taken in float64.
-    The normalisation then folds into the weights, y' = (scale * W)(c - mean(c)) + beta (the
-    convolution's bias, if any, cancels), and each chunk of output rows (1 MB for 512 channels) is
-    written once and activated while it is still in cache.
+    The first layer's output is the CNN's largest tensor (33 M values for 4 x 5 s, 65 M for 4 x 10 s),
+    and normalising it directly passes over it eight times forward and backward. Here the statistics
+    come from the input instead: for y = W c + b over windows c, mean(y) = W mean(c) + b and
+    var(y) = diag(W cov(c) W^T), where cov(c) is kernel x kernel (10 x 10), taken in float64. The
+    normalisation then folds into per-utterance weights, y' = (scale * W)(c - mean(c)) + beta (the
+    convolution's bias, if any, cancels), one batched GEMM writes the output, and autograd carries
+    the gradients of W, scale and beta through the 10 x 512 fold. Without gradients each chunk of
+    output rows (1 MB for 512 channels) is written and activated while it is still in cache.
     """
     out_ch, _, kernel = weight.shape
     batch, samples = wav.shape
     n = (samples - kernel) // stride + 1
-    out = wav.new_empty(batch, max(n, 0), out_ch)
     if n <= 0:
+        return wav.new_empty(batch, 0, out_ch)
+    windows = wav.unfold(1, kernel, stride)  # (batch, n, kernel), a view
+    mean, w_scaled = _fold_channel_norm(windows, weight.view(out_ch, kernel), norm, lengths)
+    if _plain_fp32(wav) and not _needs_grad(wav, weight, norm.weight, norm.bias):
+        out = wav.new_empty(batch, n, out_ch)
+        for b in range(batch):
+            w_t = w_scaled[b].t()
+            for start in range(0, n, chunk):
+                rows = out[b, start:start + chunk]
+                torch.addmm(norm.bias, windows[b, start:start + chunk] - mean[b], w_t, out=rows)
+                torch.ops.aten.gelu_(rows)
         return out
-    w = weight.view(out_ch, kernel)
-    for b in range(batch):
-        windows = wav[b].unfold(0, kernel, stride)  # (n, kernel), a view
-        valid = windows[:n if lengths is None else int(lengths[b])].double()
-        mean = valid.mean(0) if len(valid) else valid.new_zeros(kernel)
-        centred = valid - mean
-        cov = centred.t() @ centred / max(len(valid), 1)
-        var = ((w.double() @ cov) * w.double()).sum(1)  # bias and mean shift it, not its spread
-        scale = norm.weight.double() * torch.rsqrt(var + norm.eps)
-        w_scaled_t = (w.double() * scale[:, None]).t().to(wav.dtype)  # (kernel, out)
-        mean = mean.to(wav.dtype)
-        for start in range(0, n, chunk):
-            rows = out[b, start:start + chunk]
-            torch.addmm(norm.bias, windows[start:start + chunk] - mean, w_scaled_t, out=rows)
-            torch.ops.aten.gelu_(rows)
-    return out
+    y = torch.baddbmm(norm.bias, windows - mean[:, None], w_scaled.transpose(1, 2))
+    return F.gelu(y)
+
+
+def _fold_channel_norm(windows: Tensor, w: Tensor, norm: ChannelNorm, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+    """windows (batch, n, kernel), w (out, kernel) -> the windows' mean over each utterance's valid
+    frames (batch, kernel) and the weights scaled by the norm, (batch, out, kernel), in w's dtype."""
+    batch, n, _ = windows.shape
+    c = windows.double()
+    if lengths is None:
+        mean = c.mean(1)
+        centred = c - mean[:, None]
+        count = c.new_full((batch,), float(n))
+    else:
+        valid = (torch.arange(n, device=c.device)[None, :] < lengths[:, None]).to(c.dtype)[:, :, None]
+        count = lengths.clamp(min=1).to(c.dtype)
+        mean = (c * valid).sum(1) / count[:, None]
+        centred = (c - mean[:, None]) * valid
+    cov = centred.transpose(1, 2) @ centred / count[:, None, None]  # (batch, kernel, kernel)
+    w64 = w.double()
+    var = ((w64 @ cov) * w64).sum(-1)  # (batch, out): diag(W cov W^T)
+    scale = norm.weight.double() * torch.rsqrt(var + norm.eps)
+    return mean.to(windows.dtype), (scale[:, :, None] * w64).to(w.dtype)
 
 
 class ConvBlock(nn.Module):
     """Conv1d -> optional norm (channel norm over time, or LayerNorm over channels) -> GELU.
 
-    The convolution runs as a matrix product (`conv1d_as_matmul`); the nn.Conv1d module only holds
-    the parameters. Activations are (batch, frame, channel) throughout.
+    The convolution runs as a matrix product (`conv1d_as_matmul`; with the channel norm,
+    `channel_normed_conv` folds the norm into it); the nn.Conv1d module only holds the parameters.
+    Activations are (batch, frame, channel) throughout.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, bias: bool,
@@ -278,13 +242,10 @@ class ConvBlock(nn.Module):
         out_channel), lengths (batch,) | None."""
         if lengths is not None:
             lengths = (torch.div(lengths - self.kernel, self.stride, rounding_mode="floor") + 1).clamp(min=0)
-        if (isinstance(self.norm, ChannelNorm) and x.dim() == 2 and _plain_fp32(x)
-                and not _needs_grad(x, *self.parameters())):
-            return _channel_normed_conv_without_grad(x, self.conv.weight, self.norm, self.stride, lengths), lengths
-        x = conv1d_as_matmul(x, self.conv.weight, self.conv.bias, self.stride)
         if isinstance(self.norm, ChannelNorm):
-            x = self.norm(x, lengths)
-        elif self.norm is not None:
+            return channel_normed_conv(x, self.conv.weight, self.norm, self.stride, lengths), lengths
+        x = conv1d_as_matmul(x, self.conv.weight, self.conv.bias, self.stride)
+        if self.norm is not None:
             x = self.norm(x)
         if _plain_fp32(x) and not _needs_grad(x):  # x is this block's own fresh tensor: no second copy
             return torch.ops.aten.gelu_(x), lengths
