@@ -51,9 +51,8 @@ def test_pretraining_learns(pretrained):
     codes = 2 * 32  # G * V
     for r in train[-5:] + valid[-1:]:  # the codebook has not collapsed
         assert r["prob_perplexity"] > 0.5 * codes and r["code_perplexity"] > 0.5 * codes, r
-    # below the cross-entropy of a uniform guess among the K + 1 candidates (the validation loss, on
-    # a few utterances, moves within +-0.05 of it from one build's rounding to the next)
-    late_loss = [r["loss"] for r in train[-5:]]
+    assert valid[-1]["loss"] < valid[0]["loss"], [v["loss"] for v in valid]  # evaluation sees the trained weights
+    late_loss = [r["loss"] for r in train[-5:]]  # below the cross-entropy of a uniform guess among K + 1
     assert sum(late_loss) / len(late_loss) < math.log(K + 1) - 0.02, late_loss
     assert train[-1]["temperature"] < train[0]["temperature"]
 
