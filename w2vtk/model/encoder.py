@@ -206,7 +206,7 @@ def _fold_channel_norm(windows: Tensor, w: Tensor, norm: ChannelNorm, lengths: T
         centred = c - mean[:, None]
         count = c.new_full((batch,), float(n))
     else:
-        valid = (torch.arange(n, device=c.device)[None, :] < lengths[:, None]).to(c.dtype)[:, :, None]
+        valid = (~lengths_to_padding_mask(lengths, n)).to(c.dtype)[:, :, None]
         count = lengths.clamp(min=1).to(c.dtype)
         mean = (c * valid).sum(1) / count[:, None]
         centred = (c - mean[:, None]) * valid
