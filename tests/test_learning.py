@@ -31,9 +31,13 @@ def records(exp: Path) -> tuple[list[dict], list[dict]]:
 @pytest.fixture(scope="module")
 def pretrained(prepared_librispeech, tmp_path_factory) -> Path:
     exp = tmp_path_factory.mktemp("learn") / "pretrain"
+    # Validation on the training utterances: what it checks is that evaluation sees the trained
+    # weights. On the 13 dev utterances this model stays within noise of chance at 300 updates (valid
+    # accuracy 0.106-0.129 at the end for builds whose training curves agree to 0.01).
     res = subprocess.run(
         [sys.executable, "-m", "w2vtk", "pretrain", "--config", str(CONF / "pretrain_tiny.yaml"),
-         "--data", str(prepared_librispeech), "--train-subset", "train-clean-100", "--valid-subset", "dev-clean",
+         "--data", str(prepared_librispeech), "--train-subset", "train-clean-100",
+         "--valid-subset", "train-clean-100",
          "--exp-dir", str(exp), "--max-updates", "300", "--log-interval", "20", "--valid-interval", "50",
          *SMALL, f"task.num_negatives={K}", "data.max_tokens=128000", "data.max_sample_size=32000",
          "optim.warmup_updates=20", "optim.lr=2e-3", "task.latent_temp=[2.0,0.5,0.99]"],

@@ -145,16 +145,19 @@ def test_inference_paths_of_the_cnn_equal_its_training_path(style, waveforms):
     torch.testing.assert_close(fast, slow.detach(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kernel,stride", [(3, 2), (2, 2), (10, 5), (4, 1), (2, 3)])
-def test_conv_as_matmul_equals_conv1d_with_its_gradients(kernel, stride):
-    """Windows that overlap, tile or leave gaps: the forward and all three gradients are nn.Conv1d's,
-    and FlopCounterMode counts the same work for both (the benchmark's GEMM fraction relies on it)."""
+@pytest.mark.parametrize("kernel,stride,frames", [(3, 2, 41), (3, 2, 44), (3, 2, 5), (3, 2, 4), (2, 2, 41),
+                                                  (10, 5, 41), (4, 1, 41), (2, 3, 41)])
+def test_conv_as_matmul_equals_conv1d_with_its_gradients(kernel, stride, frames):
+    """Windows that overlap, tile or leave gaps, and kernel 3 / stride 2 by minimal filtering with an
+    even or odd number of outputs: the forward and all three gradients are nn.Conv1d's, and
+    FlopCounterMode counts the work that runs (the benchmark's GEMM fraction relies on it): the
+    convolution's, or for minimal filtering 2.5 rows of products per output frame instead of 3."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from w2vtk.model.encoder import conv1d_as_matmul
 
     torch.manual_seed(0)
-    x = torch.randn(3, 41, 8, requires_grad=True)  # (batch, frame, channel)
+    x = torch.randn(3, frames, 8, requires_grad=True)  # (batch, frame, channel)
     weight = torch.randn(6, 8, kernel, requires_grad=True)
     bias = torch.randn(6, requires_grad=True)
     ours = conv1d_as_matmul(x, weight, bias, stride)
@@ -171,7 +174,11 @@ def test_conv_as_matmul_equals_conv1d_with_its_gradients(kernel, stride):
         with FlopCounterMode(display=False) as counter:
             conv().sum().backward()
         flops.append(counter.get_total_flops())
-    assert flops[0] == flops[1] > 0
+    n = ref.shape[1]
+    if (kernel, stride) == (3, 2) and n >= 2:  # per pass: the odd taps, 3 per pair, 2 for an unpaired last frame
+        assert flops[0] * 3 * n == flops[1] * (n + 3 * (n // 2) + 2 * (n % 2))
+    else:
+        assert flops[0] == flops[1] > 0
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = conv1d_as_matmul(x, weight, bias, stride)
     assert low.dtype == torch.bfloat16  # the GEMMs ran in bf16, as F.linear's would
@@ -183,10 +190,11 @@ def test_conv_as_matmul_equals_conv1d_with_its_gradients(kernel, stride):
 
 
 @pytest.mark.parametrize("kernel,frames", [(128, 499), (128, 129), (128, 7), (64, 300), (31, 100)])
-def test_positional_conv_by_fft_equals_the_convolution(kernel, frames):
-    """In fp32 on a CPU the positional convolution runs by overlap-save FFTs: the grouped convolution's
-    output and gradients, with and without gradients, also after updates by the fused AdamW (which
-    changes parameters without bumping their version counters, so nothing may be cached on them)."""
+def test_positional_conv_by_dft_equals_the_convolution(kernel, frames):
+    """In fp32 on a CPU the positional convolution runs by overlap-save with DFT matrices where that
+    takes fewer FLOPs: the grouped convolution's output and gradients, with and without gradients,
+    also after updates by the fused AdamW (which changes parameters without bumping their version
+    counters, so nothing may be cached on them); the module's own choice of path agrees too."""
     from w2vtk.model.encoder import ConvPositionalEmbedding
 
     torch.manual_seed(0)
@@ -196,18 +204,40 @@ def test_positional_conv_by_fft_equals_the_convolution(kernel, frames):
     def convolution():  # the module's parameters through nn.Conv1d
         return torch.nn.functional.gelu(pos.conv(x.transpose(1, 2))[:, :, :frames]).transpose(1, 2)
 
+    def by_dft():
+        return torch.nn.functional.gelu(pos._conv_by_dft(x))
+
     upstream = torch.randn(3, frames, 96)
-    ours, ref = pos(x), convolution()
+    ours, ref = by_dft(), convolution()
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(pos(x), ref, rtol=1e-5, atol=1e-5)
     params = [x, *pos.parameters()]
     for g, r in zip(torch.autograd.grad(ours, params, upstream), torch.autograd.grad(ref, params, upstream)):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
     optimizer = torch.optim.AdamW(pos.parameters(), lr=0.1, fused=True)
     for _ in range(2):
         with torch.inference_mode():
-            torch.testing.assert_close(pos(x), convolution(), rtol=1e-5, atol=1e-5)
-        (pos(x) * upstream).sum().backward()
+            torch.testing.assert_close(by_dft(), convolution(), rtol=1e-5, atol=1e-5)
+        (by_dft() * upstream).sum().backward()
         optimizer.step()
+
+
+def test_positional_conv_takes_the_dft_path_where_it_counts_fewer_flops():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from w2vtk.model.encoder import ConvPositionalEmbedding
+
+    pos = ConvPositionalEmbedding(768, 128, groups=16)  # BASE
+    for batch, frames, dft in [(4, 249, True), (1, 499, True), (1, 100, False)]:
+        x = torch.randn(batch, frames, 768)
+        with FlopCounterMode(display=False) as counter:
+            pos._conv_by_dft(x)
+        assert counter.get_total_flops() == pos._dft_flops(batch, frames, 768)
+        with FlopCounterMode(display=False) as counter:
+            pos(x)
+        direct = pos._direct_flops(batch, frames, 768)
+        assert counter.get_total_flops() == (pos._dft_flops(batch, frames, 768) if dft else direct)
+        assert (counter.get_total_flops() < direct) == dft
 
 
 def test_dropout_drops_p_and_keeps_the_expectation():

@@ -5,6 +5,8 @@ padded frames. Shapes: wav (batch, sample); features (batch, frame, feature).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -132,6 +134,129 @@ class _OverlappingConv(torch.autograd.Function):
         return grad_x, grad_w, grad_bias, None, None
 
 
+class _Kernel3Stride2Conv(torch.autograd.Function):
+    """The kernel-3, stride-2 convolution of BASE's and LARGE's CNN layers 2-5 with a sixth fewer
+    multiplications, by Winograd's minimal filtering F(2, 2) over pairs of output frames.
+
+    y[t] = W0 x[2t] + W1 x[2t+1] + W2 x[2t+2]. The odd frames meet one tap (W1, one GEMM over all
+    outputs); over the even frames the output pair (2s, 2s + 1) is a 2-tap filter of x[4s], x[4s+2],
+    x[4s+4], which takes three products instead of four:
+
+        y[2s]   = W0 (x[4s] - x[4s+2]) + (W0 + W2) x[4s+2]
+        y[2s+1] = W2 (x[4s+4] - x[4s+2]) + (W0 + W2) x[4s+2]
+
+    so each pass (forward, input gradient, weight gradient) runs GEMMs over 2.5 rows of C x C
+    products per output instead of 3. The differences are one element-wise pass over half the
+    input; everything else reads and writes strided views in place, as in `_OverlappingConv`.
+    Needs at least two output frames.
+
+    x: (batch, frame, channel); w: (out, 3 * channel), taps major; bias: (out,) or None.
+    Returns (batch, n, out) with n = (frame - 3) // 2 + 1.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
+        x = x.contiguous()
+        batch, frames, channels = x.shape
+        n = (frames - 3) // 2 + 1
+        pairs = n // 2
+        w0, w1, w2 = w[:, :channels], w[:, channels:2 * channels], w[:, 2 * channels:]
+        w02 = (w0 + w2).t()
+        out = x.new_empty(batch, n, w.shape[0])
+        for b in range(batch):
+            xb, yb = x[b], out[b]
+            diffs = _tap_differences(xb, pairs)
+            even, odd = _run_rows(yb, 0, 1, 2, pairs), _run_rows(yb, 1, 1, 2, pairs)
+            mid = _run_rows(xb, 2, 1, 4, pairs)
+            if bias is None:
+                torch.mm(mid, w02, out=even)
+            else:
+                torch.addmm(bias, mid, w02, out=even)
+            odd.copy_(even)
+            torch.addmm(even, diffs[:, 0], w0.t(), out=even)
+            torch.addmm(odd, diffs[:, 1], w2.t(), out=odd)
+            if n % 2:  # the last output has no partner: its even taps directly
+                last = yb[n - 1:]
+                if bias is None:
+                    torch.mm(xb[2 * n - 2:2 * n - 1], w0.t(), out=last)
+                else:
+                    torch.addmm(bias, xb[2 * n - 2:2 * n - 1], w0.t(), out=last)
+                torch.addmm(last, xb[2 * n:2 * n + 1], w2.t(), out=last)
+            torch.addmm(yb, _run_rows(xb, 1, 1, 2, n), w1.t(), out=yb)
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, w = ctx.saved_tensors
+        grad = grad.contiguous()
+        batch, n, _ = grad.shape
+        channels = x.shape[2]
+        pairs = n // 2
+        w0, w1, w2 = w[:, :channels], w[:, channels:2 * channels], w[:, 2 * channels:]
+        # the gradient of the shared product (W0 + W2) x[4s+2] gathers both outputs of the pair
+        grad_pairs = grad[:, 0:2 * pairs:2] + grad[:, 1:2 * pairs:2]  # (batch, pair, out)
+        grad_x = grad_w = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            w02 = w0 + w2
+            grad_x = torch.empty_like(x)
+            grad_x[:, 2 * n + 1:].zero_()  # frames no window reads
+            for b in range(batch):
+                gb, gx = grad[b], grad_x[b]
+                even, odd = _run_rows(gb, 0, 1, 2, pairs), _run_rows(gb, 1, 1, 2, pairs)
+                first = _run_rows(gx, 0, 1, 4, pairs + 1)  # frames 4s: first tap of output 2s, last of 2s - 1
+                mid = _run_rows(gx, 2, 1, 4, pairs)  # frames 4s + 2: last tap of 2s, first of 2s + 1
+                torch.mm(grad_pairs[b], w02, out=mid)
+                torch.mm(even, w0, out=first[:pairs])
+                mid.sub_(first[:pairs])
+                from_odd = torch.mm(odd, w2)
+                mid.sub_(from_odd)
+                first[pairs].zero_()
+                first[1:].add_(from_odd)
+                if n % 2:
+                    last = gb[n - 1:]
+                    torch.addmm(gx[2 * n - 2:2 * n - 1], last, w0, out=gx[2 * n - 2:2 * n - 1])
+                    torch.mm(last, w2, out=gx[2 * n:2 * n + 1])
+                torch.mm(gb, w1, out=_run_rows(gx, 1, 1, 2, n))
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.empty_like(w)
+            g0, g1, g2 = grad_w[:, :channels], grad_w[:, channels:2 * channels], grad_w[:, 2 * channels:]
+            for b in range(batch):  # the shared product's gradient first, into both outer taps
+                mid = _run_rows(x[b], 2, 1, 4, pairs)
+                if b == 0:
+                    torch.mm(grad_pairs[b].t(), mid, out=g0)
+                else:
+                    torch.addmm(g0, grad_pairs[b].t(), mid, out=g0)
+            g2.copy_(g0)
+            for b in range(batch):
+                gb, xb = grad[b], x[b]
+                diffs = _tap_differences(xb, pairs)
+                torch.addmm(g0, _run_rows(gb, 0, 1, 2, pairs).t(), diffs[:, 0], out=g0)
+                torch.addmm(g2, _run_rows(gb, 1, 1, 2, pairs).t(), diffs[:, 1], out=g2)
+                if n % 2:
+                    last = gb[n - 1:].t()
+                    torch.addmm(g0, last, xb[2 * n - 2:2 * n - 1], out=g0)
+                    torch.addmm(g2, last, xb[2 * n:2 * n + 1], out=g2)
+                rows = _run_rows(xb, 1, 1, 2, n)
+                if b == 0:
+                    torch.mm(gb.t(), rows, out=g1)
+                else:
+                    torch.addmm(g1, gb.t(), rows, out=g1)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum((0, 1))
+        return grad_x, grad_w, grad_bias
+
+
+def _tap_differences(x: Tensor, pairs: int) -> Tensor:
+    """One utterance's frames (frame, channel), contiguous -> (pair, 2, channel): x[4s] - x[4s+2] and
+    x[4s+4] - x[4s+2] for each pair s of output frames of `_Kernel3Stride2Conv`."""
+    channels = x.shape[1]
+    outer = x.as_strided((pairs, 2, channels), (4 * channels, 4 * channels, 1), x.storage_offset())
+    mid = x.as_strided((pairs, 1, channels), (4 * channels, 0, 1), x.storage_offset() + 2 * channels)
+    return outer - mid
+
+
 def conv1d_as_matmul(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int) -> Tensor:
     """A 1-D convolution (no padding) as matrix products over the input windows.
 
@@ -142,7 +267,9 @@ def conv1d_as_matmul(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int
     windows run near the machine's matmul peak (and in bf16 under autocast), where oneDNN's direct
     convolution of these shapes is slower and reorders its inputs, and they give the (batch, frame,
     channel) layout that LayerNorm and the next layer want. Windows that do not overlap are a
-    reshape of x; other ones are read in place (`_OverlappingConv`).
+    reshape of x; other ones are read in place (`_OverlappingConv`), and kernel 3 with stride 2
+    takes a sixth fewer products in fp32 (`_Kernel3Stride2Conv`; bf16 GEMMs are fast enough that
+    its extra element-wise pass costs more than it saves).
     """
     out_ch, in_ch, kernel = weight.shape
     if x.dim() == 2:  # one input channel: the windows are a strided view of the waveform
@@ -153,6 +280,8 @@ def conv1d_as_matmul(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int
     n = (frames - kernel) // stride + 1
     if kernel == stride:  # windows tile the frames: a plain reshape
         return F.linear(x[:, :n * kernel].reshape(batch, n, kernel * in_ch), w, bias)
+    if kernel == 3 and stride == 2 and n >= 2 and _plain_fp32(x):
+        return _Kernel3Stride2Conv.apply(x, w, bias)
     if torch.is_autocast_enabled(x.device.type):  # the casts F.linear would make, outside the Function
         dtype = torch.get_autocast_dtype(x.device.type)
         x, w, bias = x.to(dtype), w.to(dtype), None if bias is None else bias.to(dtype)
@@ -275,16 +404,45 @@ class FeatureExtractor(nn.Module):
         return x, lengths
 
 
+@functools.lru_cache(maxsize=8)
+def _overlap_save_dfts(n: int, kernel: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Real DFT matrices for overlap-save over blocks of n frames with a kernel of `kernel` taps,
+    F = n // 2 + 1 frequencies, real parts stacked over imaginary ones (fp32, made in float64):
+
+    - kernel (2F, kernel): the kernel's conjugate spectrum, [cos; sin](2 pi f k / n);
+    - block (2F, n): a block's spectrum, [cos; -sin](2 pi f t / n);
+    - inverse (n - kernel + 1, 2F): the first n - kernel + 1 frames of the inverse real DFT (the
+      imaginary parts of frequency 0 and n/2 drop out, as in irfft).
+    """
+    with torch.inference_mode(False):  # plain tensors, which autograd may save, even if made at inference
+        freq = torch.arange(n // 2 + 1, dtype=torch.float64)
+
+        def angles(frames: int) -> Tensor:  # (F, frames)
+            return 2 * torch.pi * torch.outer(freq, torch.arange(frames, dtype=torch.float64)) / n
+
+        kernel_dft = torch.cat([torch.cos(angles(kernel)), torch.sin(angles(kernel))])
+        block_dft = torch.cat([torch.cos(angles(n)), -torch.sin(angles(n))])
+        weight = torch.full_like(freq, 2.0)
+        weight[0] = 1.0
+        if n % 2 == 0:
+            weight[-1] = 1.0
+        out = angles(n - kernel + 1).t()
+        inverse = torch.cat([torch.cos(out) * weight, -torch.sin(out) * weight], 1) / n
+        return tuple(m.to(device=device, dtype=torch.float32) for m in (kernel_dft, block_dft, inverse))
+
+
 class ConvPositionalEmbedding(nn.Module):
     """Relative positions from a grouped convolution over time (weight-normalised over the kernel axis).
 
     An even kernel with padding kernel//2 yields one frame too many; the last one is dropped so that
     frame t sees frames t-k/2 .. t+k/2-1.
 
-    On a CPU in fp32 the convolution runs through FFTs (`_conv_by_fft`): BASE's kernel of 128 taps
-    over 768 channels in 16 groups costs 18.9 GFLOP per 4 x 10 s directly, which oneDNN runs in
-    85 ms; the FFT path takes 44 ms, 28 of them to transform the kernel. Forward and backward of a
-    training step (4 x 5 s): 89 ms against 192 ms.
+    On a CPU in fp32 the convolution runs by overlap-save in the frequency domain (`_conv_by_dft`)
+    wherever that takes fewer FLOPs: BASE's kernel of 128 taps over 768 channels in 16 groups costs
+    18.9 GFLOP per 4 x 10 s directly, which oneDNN runs in 85 ms, and 5.5 GFLOP this way, in 44 ms;
+    forward and backward of a training step (4 x 5 s) take 84 ms against 192 ms. Inputs shorter
+    than about 300 frames in all keep the convolution: the kernel's transform costs 2.4 GFLOP
+    whatever their length.
     """
 
     def __init__(self, dim: int, kernel: int, groups: int):
@@ -296,46 +454,64 @@ class ConvPositionalEmbedding(nn.Module):
         self.conv = nn.utils.parametrizations.weight_norm(conv, name="weight", dim=2)
         self.trim = 1 if kernel % 2 == 0 else 0
         self.kernel, self.groups = kernel, groups
-        self.fft_size = 1 << (2 * kernel - 1).bit_length()  # blocks of fft_size - kernel + 1 output frames
+        self.block = 1 << (2 * kernel - 1).bit_length()  # frames per block, giving block - kernel + 1 outputs
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (batch, frame, dim) with padded frames zeroed -> (batch, frame, dim) positional term."""
-        if x.device.type == "cpu" and _plain_fp32(x):
-            return F.gelu(self._conv_by_fft(x))
+        if x.device.type == "cpu" and _plain_fp32(x) and self._dft_flops(*x.shape) < self._direct_flops(*x.shape):
+            return F.gelu(self._conv_by_dft(x))
         y = self.conv(x.transpose(1, 2))
         if self.trim:
             y = y[:, :, :-self.trim]
         return F.gelu(y).transpose(1, 2)
 
-    def _kernel_spectrum(self) -> Tensor:
-        """conj(rfft) of the weight-normed kernel, (group, freq, out/group, in/group) complex.
+    def _direct_flops(self, batch: int, frames: int, dim: int) -> int:
+        """The grouped convolution's, over its frames + trim output frames."""
+        return 2 * batch * (frames + self.trim) * dim * (dim // self.groups) * self.kernel
 
-        Made afresh on every call: a cache keyed on the parameters' version counters would go stale,
-        as the fused AdamW updates them in place without bumping those counters."""
-        weight = self.conv.weight  # (dim, dim / groups, kernel)
-        _, per_group, _ = weight.shape
-        spectrum = torch.fft.rfft(weight, n=self.fft_size, dim=-1).conj()
-        return spectrum.view(self.groups, per_group, per_group, -1).permute(0, 3, 1, 2).contiguous()
+    def _dft_flops(self, batch: int, frames: int, dim: int) -> int:
+        """The matrix products of `_conv_by_dft`: the kernel's transform (the same for any input, so
+        short inputs go to the direct convolution), then per block the input's transform, the
+        channel mixing and the inverse."""
+        n, kernel = self.block, self.kernel
+        step, spectrum = n - kernel + 1, 2 * (n // 2 + 1)  # real and imaginary rows
+        units = batch * -(-frames // step)
+        per_block = 2 * spectrum * n * dim + 4 * spectrum * dim * (dim // self.groups) + 2 * step * spectrum * dim
+        return 2 * spectrum * kernel * dim * (dim // self.groups) + units * per_block
 
-    def _conv_by_fft(self, x: Tensor) -> Tensor:
+    def _conv_by_dft(self, x: Tensor) -> Tensor:
         """The convolution by overlap-save: y[t] = bias + sum_k W[k] x[t + k - kernel//2], t < frame.
 
-        x: (batch, frame, dim) -> (batch, frame, dim). Each block of fft_size input frames gives
-        fft_size - kernel + 1 output frames free of wrap-around; per frequency and group, the
-        channels mix by one small complex matrix product.
+        x: (batch, frame, dim) -> (batch, frame, dim). Each block of `self.block` input frames gives
+        block - kernel + 1 output frames free of wrap-around; per frequency and group, the channels
+        mix by one small complex matrix product. The transforms are real matrix products
+        (`_overlap_save_dfts`), all in fp32: torch.fft's backward for the kernel's transform makes
+        full complex transforms of zero-filled 768 x 48 x 256 buffers, 60-70 ms per BASE update
+        where the matrix product takes 12 ms and its backward 11, and the kernel's spectrum (38 MB)
+        is made again on every call, as the fused AdamW changes parameters in place without bumping
+        their version counters, which a cache would key on.
         """
         batch, frames, dim = x.shape
-        n, pad = self.fft_size, self.kernel // 2
-        step = n - self.kernel + 1
+        n, kernel, groups = self.block, self.kernel, self.groups
+        per_group = dim // groups
+        step = n - kernel + 1
         blocks = -(-frames // step)
-        x = F.pad(x, (0, 0, pad, (blocks - 1) * step + n - pad - frames))
-        spectrum = self._kernel_spectrum()
-        groups, freqs, per_group, _ = spectrum.shape
-        xf = torch.fft.rfft(x.unfold(1, n, step), dim=-1)  # (batch, block, dim, freq)
-        xf = xf.view(batch * blocks, groups, per_group, freqs).permute(1, 3, 2, 0)  # (group, freq, in, batch*block)
-        yf = torch.matmul(spectrum, xf).permute(3, 0, 2, 1).reshape(batch, blocks, dim, freqs)
-        y = torch.fft.irfft(yf, n=n, dim=-1)[..., :step]  # (batch, block, dim, step)
-        return y.transpose(2, 3).reshape(batch, blocks * step, dim)[:, :frames] + self.conv.bias
+        x = F.pad(x, (0, 0, kernel // 2, (blocks - 1) * step + n - kernel // 2 - frames))
+        kernel_dft, block_dft, inverse = _overlap_save_dfts(n, kernel, x.device)
+        freqs = n // 2 + 1
+        # (2 = re/im, freq * group, out, in): the weight is (group * out, in, kernel)
+        spectrum = kernel_dft @ self.conv.weight.reshape(-1, kernel).t()
+        spectrum = spectrum.view(2, freqs * groups, per_group, per_group)
+        xf = torch.matmul(block_dft, x.unfold(1, n, step).transpose(2, 3))  # (batch, block, 2 * freq, dim)
+        units = batch * blocks
+        # (freq * group, in, 2 * units): per frequency and group, the real parts of all blocks, then the imaginary
+        xf = xf.view(units, 2, freqs * groups, per_group).permute(2, 3, 1, 0).reshape(freqs * groups, per_group, -1)
+        products = torch.matmul(spectrum, xf)  # (2, freq * group, out, 2 * units): re/im of spectrum x re/im of x
+        real = products[0, :, :, :units] - products[1, :, :, units:]
+        imag = products[0, :, :, units:] + products[1, :, :, :units]
+        yf = torch.stack([real, imag]).view(2 * freqs, dim * units)
+        y = (inverse @ yf).view(step, dim, batch, blocks).permute(2, 3, 0, 1).reshape(batch, blocks * step, dim)
+        return y[:, :frames] + self.conv.bias
 
 
 class SelfAttention(nn.Module):
@@ -368,8 +544,10 @@ class SelfAttention(nn.Module):
         The same computation as scaled_dot_product_attention's, written out: with dropout, torch
         takes its generic path on CPU, which copies q, k and v (to fp32 under bf16 autocast) several
         times per call; this one costs a quarter (fp32) to a third (bf16) less per training step.
+        The scale goes on q, about a quarter of the scores' size for 249 frames of 64 dimensions
+        (bit-identical results when 1 / sqrt(head_dim) is a power of 2, as for 64).
         """
-        scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+        scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))
         if attn_mask is not None:
             scores = scores.masked_fill(~attn_mask, float("-inf"))
         probs = dropout(torch.softmax(scores, dim=-1), self.dropout)
