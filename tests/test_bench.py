@@ -57,12 +57,15 @@ def test_pretraining_reports_memory_flops_and_gemm_fraction(bench_results):
             assert math.isfinite(e["loss"][side])
     assert _positive(written["inference"]["rtf"]["ours"]) and _positive(written["inference"]["peak_rss_mb"]["ref"])
     inference = written["inference"]["flops_per_step"]
-    # the same model; ours runs fewer FLOPs: the positional convolution by DFT matrices, the CNN by minimal filtering
-    assert _positive(inference["ours"]) and 0.7 * inference["ref"] < inference["ours"] <= inference["ref"]
+    # The same model. Ours runs fewer FLOPs where the positional convolution by DFT matrices and the CNN
+    # by minimal filtering pay (not at this toy size), and a little more for the first layer's folded norm.
+    assert _positive(inference["ours"]) and 0.7 * inference["ref"] < inference["ours"] < 1.01 * inference["ref"]
     for key in ("pretrain_fp32", "inference"):
         e = written[key]
         assert e["model_flops_per_step"] == e["flops_per_step"]["ref"]
-        assert e["model_flops_fraction"]["ours"] >= e["gemm_fraction"]["ours"] > 0
+        executed, model = e["flops_per_step"]["ours"], e["model_flops_per_step"]
+        assert e["gemm_fraction"]["ours"] > 0  # the same time, divided into the model's FLOPs or ours
+        assert e["model_flops_fraction"]["ours"] == pytest.approx(e["gemm_fraction"]["ours"] * model / executed)
 
 
 def test_a_grouped_convolutions_gradients_count_twice_its_forward():

@@ -268,8 +268,9 @@ def conv1d_as_matmul(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int
     convolution of these shapes is slower and reorders its inputs, and they give the (batch, frame,
     channel) layout that LayerNorm and the next layer want. Windows that do not overlap are a
     reshape of x; other ones are read in place (`_OverlappingConv`), and kernel 3 with stride 2
-    takes a sixth fewer products in fp32 (`_Kernel3Stride2Conv`; bf16 GEMMs are fast enough that
-    its extra element-wise pass costs more than it saves).
+    takes a sixth fewer products in fp32 with 512 channels or more (`_Kernel3Stride2Conv`; with
+    fewer channels, or in bf16, whose GEMMs are fast, its extra element-wise pass costs as much as
+    it saves or more).
     """
     out_ch, in_ch, kernel = weight.shape
     if x.dim() == 2:  # one input channel: the windows are a strided view of the waveform
@@ -280,7 +281,8 @@ def conv1d_as_matmul(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int
     n = (frames - kernel) // stride + 1
     if kernel == stride:  # windows tile the frames: a plain reshape
         return F.linear(x[:, :n * kernel].reshape(batch, n, kernel * in_ch), w, bias)
-    if kernel == 3 and stride == 2 and n >= 2 and _plain_fp32(x):
+    if kernel == 3 and stride == 2 and n >= 2 and in_ch >= 512 and _plain_fp32(x):
+        # fewer channels: the products shrink faster than the added element-wise pass (break-even at 256)
         return _Kernel3Stride2Conv.apply(x, w, bias)
     if torch.is_autocast_enabled(x.device.type):  # the casts F.linear would make, outside the Function
         dtype = torch.get_autocast_dtype(x.device.type)
