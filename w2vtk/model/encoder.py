@@ -63,12 +63,21 @@ def _run_rows(x: Tensor, start: int, taps: int, stride: int, n: int) -> Tensor:
     return x.as_strided((n, taps * channels), (stride * channels, 1), x.storage_offset() + start * channels)
 
 
+def _product_into(out: Tensor, a: Tensor, b: Tensor, start: Tensor | None = None) -> None:
+    """out = start + a @ b, or a @ b without `start` (a bias, or `out` itself to accumulate), written
+    in place through mm / addmm(out=), which BLAS does for strided views and FlopCounterMode counts
+    (it skips addmm_)."""
+    if start is None:
+        torch.mm(a, b, out=out)
+    else:
+        torch.addmm(start, a, b, out=out)
+
+
 class _OverlappingConv(torch.autograd.Function):
     """A convolution of (batch, frame, channel) whose windows overlap (kernel > stride), without
     materialising them: the taps split into runs of `stride` frames (`_tap_runs`), each a strided
     view of x with one row per output frame, which BLAS reads in place; one GEMM per run and
-    utterance, accumulated (with addmm(out=), which FlopCounterMode counts, where it skips addmm_).
-    The backward writes the input's gradient through the same views, and the
+    utterance, accumulated (`_product_into`). The backward writes the input's gradient through the same views, and the
     weight's gradient from them, so neither pass copies windows (1.5x the input for kernel 3, stride
     2) or scatters their gradient back.
 
@@ -86,12 +95,7 @@ class _OverlappingConv(torch.autograd.Function):
             for i, (start, taps) in enumerate(_tap_runs(kernel, stride)):
                 rows = _run_rows(x[b], start, taps, stride, n)
                 part = w[:, start * channels:(start + taps) * channels].t()
-                if i > 0:
-                    torch.addmm(out[b], rows, part, out=out[b])  # accumulates in place
-                elif bias is None:
-                    torch.mm(rows, part, out=out[b])
-                else:
-                    torch.addmm(bias, rows, part, out=out[b])
+                _product_into(out[b], rows, part, out[b] if i > 0 else bias)
         ctx.save_for_backward(x, w)
         ctx.kernel, ctx.stride, ctx.has_bias = kernel, stride, bias is not None
         return out
@@ -115,20 +119,14 @@ class _OverlappingConv(torch.autograd.Function):
                 for i, (start, taps) in enumerate(runs):  # the first run writes every frame < stride*n
                     rows = _run_rows(grad_x[b], start, taps, stride, n)
                     part = w[:, start * channels:(start + taps) * channels]
-                    if i == 0:
-                        torch.mm(grad[b], part, out=rows)
-                    else:
-                        torch.addmm(rows, grad[b], part, out=rows)
+                    _product_into(rows, grad[b], part, rows if i > 0 else None)
         if ctx.needs_input_grad[1]:
             grad_w = torch.empty_like(w)
             for start, taps in runs:
                 cols = grad_w[:, start * channels:(start + taps) * channels]
                 for b in range(batch):
                     rows = _run_rows(x[b], start, taps, stride, n)
-                    if b == 0:
-                        torch.mm(grad[b].t(), rows, out=cols)
-                    else:
-                        torch.addmm(cols, grad[b].t(), rows, out=cols)
+                    _product_into(cols, grad[b].t(), rows, cols if b > 0 else None)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum((0, 1))
         return grad_x, grad_w, grad_bias, None, None
@@ -168,19 +166,13 @@ class _Kernel3Stride2Conv(torch.autograd.Function):
             diffs = _tap_differences(xb, pairs)
             even, odd = _run_rows(yb, 0, 1, 2, pairs), _run_rows(yb, 1, 1, 2, pairs)
             mid = _run_rows(xb, 2, 1, 4, pairs)
-            if bias is None:
-                torch.mm(mid, w02, out=even)
-            else:
-                torch.addmm(bias, mid, w02, out=even)
+            _product_into(even, mid, w02, bias)
             odd.copy_(even)
             torch.addmm(even, diffs[:, 0], w0.t(), out=even)
             torch.addmm(odd, diffs[:, 1], w2.t(), out=odd)
             if n % 2:  # the last output has no partner: its even taps directly
                 last = yb[n - 1:]
-                if bias is None:
-                    torch.mm(xb[2 * n - 2:2 * n - 1], w0.t(), out=last)
-                else:
-                    torch.addmm(bias, xb[2 * n - 2:2 * n - 1], w0.t(), out=last)
+                _product_into(last, xb[2 * n - 2:2 * n - 1], w0.t(), bias)
                 torch.addmm(last, xb[2 * n:2 * n + 1], w2.t(), out=last)
             torch.addmm(yb, _run_rows(xb, 1, 1, 2, n), w1.t(), out=yb)
         ctx.save_for_backward(x, w)
@@ -224,10 +216,7 @@ class _Kernel3Stride2Conv(torch.autograd.Function):
             g0, g1, g2 = grad_w[:, :channels], grad_w[:, channels:2 * channels], grad_w[:, 2 * channels:]
             for b in range(batch):  # the shared product's gradient first, into both outer taps
                 mid = _run_rows(x[b], 2, 1, 4, pairs)
-                if b == 0:
-                    torch.mm(grad_pairs[b].t(), mid, out=g0)
-                else:
-                    torch.addmm(g0, grad_pairs[b].t(), mid, out=g0)
+                _product_into(g0, grad_pairs[b].t(), mid, g0 if b > 0 else None)
             g2.copy_(g0)
             for b in range(batch):
                 gb, xb = grad[b], x[b]
@@ -238,11 +227,7 @@ class _Kernel3Stride2Conv(torch.autograd.Function):
                     last = gb[n - 1:].t()
                     torch.addmm(g0, last, xb[2 * n - 2:2 * n - 1], out=g0)
                     torch.addmm(g2, last, xb[2 * n:2 * n + 1], out=g2)
-                rows = _run_rows(xb, 1, 1, 2, n)
-                if b == 0:
-                    torch.mm(gb.t(), rows, out=g1)
-                else:
-                    torch.addmm(g1, gb.t(), rows, out=g1)
+                _product_into(g1, gb.t(), _run_rows(xb, 1, 1, 2, n), g1 if b > 0 else None)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum((0, 1))
         return grad_x, grad_w, grad_bias
@@ -424,12 +409,12 @@ def _overlap_save_dfts(n: int, kernel: int, device: torch.device) -> tuple[Tenso
 
         kernel_dft = torch.cat([torch.cos(angles(kernel)), torch.sin(angles(kernel))])
         block_dft = torch.cat([torch.cos(angles(n)), -torch.sin(angles(n))])
-        weight = torch.full_like(freq, 2.0)
-        weight[0] = 1.0
+        count = torch.full_like(freq, 2.0)  # each frequency stands for itself and its unstored mirror,
+        count[0] = 1.0  # except 0
         if n % 2 == 0:
-            weight[-1] = 1.0
+            count[-1] = 1.0  # and n/2
         out = angles(n - kernel + 1).t()
-        inverse = torch.cat([torch.cos(out) * weight, -torch.sin(out) * weight], 1) / n
+        inverse = torch.cat([torch.cos(out) * count, -torch.sin(out) * count], 1) / n
         return tuple(m.to(device=device, dtype=torch.float32) for m in (kernel_dft, block_dft, inverse))
 
 
