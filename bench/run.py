@@ -61,7 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(keys pretrain_*_foreach_adamw; the reference keeps its example's AdamW)")
     p.add_argument("--ref-keeps-freed-memory", action="store_true",
                    help="give the reference workers the host-memory policy the w2vtk command sets for itself "
-                        "(w2vtk.host_memory: freed memory reused, not returned); by default only ours has it")
+                        "(w2vtk.host_memory: freed memory reused, not returned; huge pages at inference); by "
+                        "default only ours has it")
     p.add_argument("--no-flops", action="store_true", help="skip FLOP counting (FlopCounterMode) of a step")
     p.add_argument("--decode-utts", type=int, default=500,
                    help="utterances decoded per repetition: the test transcripts over and over, each time "
@@ -103,7 +104,7 @@ def run_pretrain(args, precision: str, wav_path: Path, gemm: dict, log) -> dict:
     specs = {side: {"bench": "pretrain", "side": side, "precision": precision, "wav": str(wav_path),
                     "layerdrop": args.layerdrop, "size": args.size,
                     "fused_adamw": side == "ours" and not args.foreach_adamw,
-                    "keep_freed_memory": _keeps_freed_memory(args, side)}
+                    "keep_freed_memory": _has_our_memory_policy(args, side)}
              for side in ("ours", "ref")}
     reps = args.reps or 3
     res = harness.alternate(specs, args.threads, args.warmup, reps, flops=not args.no_flops, log=log)
@@ -118,8 +119,9 @@ def run_pretrain(args, precision: str, wav_path: Path, gemm: dict, log) -> dict:
     return entry
 
 
-def _keeps_freed_memory(args, side: str) -> bool:
-    """Our side runs as the w2vtk command does, which keeps freed memory for reuse (w2vtk.host_memory)."""
+def _has_our_memory_policy(args, side: str) -> bool:
+    """Our side runs as the w2vtk command does (w2vtk.host_memory: freed memory kept for reuse, and
+    huge pages for the inference commands); --ref-keeps-freed-memory gives the reference the same."""
     return side == "ours" or args.ref_keeps_freed_memory
 
 
@@ -147,7 +149,8 @@ def _add_gemm_fraction(entry: dict, res: dict, gemm: dict, threads: int) -> None
 
 def run_inference(args, wav_path: Path, gemm: dict, log) -> dict:
     specs = {side: {"bench": "inference", "side": side, "wav": str(wav_path), "size": args.size,
-                    "keep_freed_memory": _keeps_freed_memory(args, side)}
+                    "keep_freed_memory": _has_our_memory_policy(args, side),
+                    "huge_pages": _has_our_memory_policy(args, side)}
              for side in ("ours", "ref")}
     res = harness.alternate(specs, args.threads, args.warmup, args.reps or 5, flops=not args.no_flops, log=log)
     audio = args.infer_batch * args.infer_seconds
@@ -158,6 +161,7 @@ def run_inference(args, wav_path: Path, gemm: dict, log) -> dict:
     entry["peak_rss_mb"] = _memory(res)
     entry["batch"] = f"{args.infer_batch} x {args.infer_seconds:g} s"
     entry["keeps_freed_memory"] = {s: specs[s]["keep_freed_memory"] for s in specs}
+    entry["huge_pages"] = {s: specs[s]["huge_pages"] for s in specs}
     if not args.no_flops:  # how close each side is to the machine's matmul rate: the room left
         _add_gemm_fraction(entry, res, gemm, args.threads)
     return entry

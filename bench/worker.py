@@ -123,6 +123,10 @@ def main() -> None:
         from w2vtk.host_memory import keep_freed_memory
 
         keep_freed_memory()
+    if spec.get("huge_pages"):  # and its inference commands
+        from w2vtk.host_memory import back_large_tensors_with_huge_pages
+
+        back_large_tensors_with_huge_pages()
     base_rss = rss_mb()
     run, facts = build(spec)
     answer = {"ready": True, "rss_after_import_mb": base_rss, "rss_ready_mb": rss_mb(), **facts}

@@ -36,6 +36,14 @@ def _plain_fp32(x: Tensor) -> bool:
     return x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)
 
 
+def _gelu_of_fresh(x: Tensor) -> Tensor:
+    """GELU of a tensor its caller has just made and nothing else holds: in place (one pass, no new
+    buffer) where autograd does not need x, e.g. at inference."""
+    if _plain_fp32(x) and not _needs_grad(x):
+        return torch.ops.aten.gelu_(x)
+    return F.gelu(x)
+
+
 class ChannelNorm(nn.Module):
     """The parameters of BASE's first-layer normalisation: GroupNorm with one group per channel, over
     time (fairseq's and transformers' names: weight, bias). `channel_normed_conv` applies it, folded
@@ -363,9 +371,7 @@ class ConvBlock(nn.Module):
         x = conv1d_as_matmul(x, self.conv.weight, self.conv.bias, self.stride)
         if self.norm is not None:
             x = self.norm(x)
-        if _plain_fp32(x) and not _needs_grad(x):  # x is this block's own fresh tensor: no second copy
-            return torch.ops.aten.gelu_(x), lengths
-        return F.gelu(x), lengths
+        return _gelu_of_fresh(x), lengths
 
 
 class FeatureExtractor(nn.Module):
@@ -553,7 +559,7 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(batch, frame, dim) -> (batch, frame, dim)."""
-        return self.dropout(self.fc2(self.activation_dropout(F.gelu(self.fc1(x)))))
+        return self.dropout(self.fc2(self.activation_dropout(_gelu_of_fresh(self.fc1(x)))))
 
 
 class EncoderLayer(nn.Module):
