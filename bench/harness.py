@@ -128,9 +128,10 @@ def spec_name(spec: dict) -> str:
     return f"{spec['bench']}/{spec['side']}"
 
 
-def gemm_peak(threads: int, size: int = 2048, reps: int = 5, dtype: str = "float32") -> dict:
-    """This machine's GEMM throughput: the best of `reps` torch.mm of size^3, in a worker."""
-    w = Worker({"bench": "gemm", "side": dtype, "size": size, "dtype": dtype}, threads)
+def gemm_peak(threads: int, size: int = 2048, reps: int = 10, dtype: str = "float32", warmup: int = 10) -> dict:
+    """This machine's GEMM throughput: the best of `reps` torch.mm of size^3 after `warmup` untimed
+    ones, in a worker."""
+    w = Worker({"bench": "gemm", "side": dtype, "size": size, "dtype": dtype, "warmup": warmup}, threads)
     try:
         walls, cpus = [], []
         for _ in range(reps):

@@ -42,7 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="torch intra-op threads and OMP_NUM_THREADS of every worker (default 2)")
     p.add_argument("--reps", type=int, default=None,
                    help="timed repetitions per side (default: 3 for pretraining, 5 for the others)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed repetitions per side first (default 1)")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="untimed repetitions per side first (default 2: a pretraining worker's second update "
+                        "ran 10-45%% slower than the later ones)")
     p.add_argument("--cache", type=Path, default=corpus.DEFAULT_CACHE,
                    help="where the synthesized corpus, LM and inputs are kept (default bench/.cache)")
     p.add_argument("--corpus", type=Path, default=None,
