@@ -265,6 +265,46 @@ def test_dropout_drops_p_and_keeps_the_expectation():
     assert module(x) is x
 
 
+@pytest.mark.parametrize("padded", [False, True])
+def test_attention_with_dropout_equals_the_written_out_attention(padded):
+    from w2vtk.model.attention import attention_with_dropout
+    from w2vtk.model.encoder import SelfAttention
+
+    batch, frames, dim, heads = 3, 7, 12, 2
+    mask = torch.arange(frames)[None, None, None, :] < torch.tensor([7, 4, 6])[:, None, None, None]
+    mask = mask if padded else None
+    torch.manual_seed(0)
+    attn = SelfAttention(dim, heads, 0.3).train()
+    x = torch.randn(batch, frames, dim, requires_grad=True)
+
+    def written_out(x):  # the generic path: q, k, v split by view, dropout() on the probabilities
+        qkv = attn.in_proj(x).view(batch, frames, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+        y = attn._attention_with_dropout(*qkv.unbind(0), mask)
+        return attn.out_proj(y.transpose(1, 2).reshape(batch, frames, dim))
+
+    grad_out = torch.randn(batch, frames, dim)
+    results = []
+    for forward in (attn, written_out):  # the module takes attention_with_dropout in fp32 training
+        torch.manual_seed(1)  # the same dropout bits
+        y = forward(x, mask) if forward is attn else forward(x)
+        x.grad = None
+        attn.zero_grad()
+        y.backward(grad_out)
+        results.append((y.detach(), x.grad, attn.in_proj.weight.grad))
+    for ours, reference in zip(*results):
+        assert torch.allclose(ours, reference, atol=1e-6)
+    assert (results[0][0] != 0).all()  # dropout zeroes probabilities, not outputs
+
+    # the backward's formula (the mask not kept) against numerical gradients, seeded per call
+    qkv = torch.randn(batch, frames, 3 * dim, dtype=torch.float64, requires_grad=True)
+
+    def seeded(qkv):
+        torch.manual_seed(2)
+        return attention_with_dropout(qkv, heads, 0.3, mask)
+    assert torch.autograd.gradcheck(seeded, (qkv,))
+    assert not torch.equal(seeded(qkv), attention_with_dropout(qkv, heads, 0.3, mask))  # a new mask per call
+
+
 def test_normalize_waveform_ignores_padding(waveforms):
     wav, lengths = pad(waveforms)
     out = normalize_waveform(wav, lengths)

@@ -27,18 +27,30 @@ def _random_int16(shape: torch.Size) -> Tensor:
     return torch.from_numpy(words.view(np.int16)[:n]).view(shape)
 
 
+def draws_cheap_mask(x: Tensor, p: float) -> bool:
+    """Whether `keep_mask_into` serves dropout of x with probability p (on a CPU, p short of 1)."""
+    return x.device.type == "cpu" and 0.0 < p and round(p * _LEVELS) < _LEVELS
+
+
+def keep_mask_into(out: Tensor, p: float) -> float:
+    """Writes 1 (keep) or 0 (drop) into each element of `out`, a contiguous CPU tensor of any float
+    dtype, dropping with probability p rounded to a multiple of 2**-16. Returns the scale of the kept
+    values, 1 / (1 - that probability)."""
+    dropped = round(p * _LEVELS)  # values below -2**15 + dropped are dropped
+    # the comparison writes the 0/1 mask in out's dtype directly: no bool mask and cast (4 x 12 x 249 x
+    # 249 attention probabilities: 2.7 -> 1.9 ms)
+    torch.ge(_random_int16(out.shape), dropped - _LEVELS // 2, out=out)
+    return _LEVELS / (_LEVELS - dropped)
+
+
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     """F.dropout(x, p, training), with the mask drawn as above on a CPU."""
     if not training or p <= 0.0:
         return x
-    dropped = round(p * _LEVELS)  # values below -2**15 + dropped are dropped
-    if x.device.type != "cpu" or dropped >= _LEVELS:
+    if not draws_cheap_mask(x, p):
         return F.dropout(x, p, training=True)
-    # the comparison writes the 0/1 mask in x's dtype directly: no bool mask and cast (4 x 12 x 249 x 249
-    # attention probabilities: 2.7 -> 1.9 ms)
     keep = torch.empty_like(x, memory_format=torch.contiguous_format)
-    torch.ge(_random_int16(x.shape), dropped - _LEVELS // 2, out=keep)
-    return x * keep.mul_(_LEVELS / (_LEVELS - dropped))
+    return x * keep.mul_(keep_mask_into(keep, p))
 
 
 class Dropout(nn.Dropout):
