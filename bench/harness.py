@@ -86,9 +86,11 @@ class SideResult:
 
 
 def alternate(specs: dict[str, dict], threads: int, warmup: int, reps: int, flops: bool = False,
-              log=print) -> dict[str, SideResult]:
+              settle_s: float = 0.0, log=print) -> dict[str, SideResult]:
     """Start a worker per side, warm each up, then time `reps` repetitions alternating the sides
-    (the order flips every round). Returns each side's times, peak RSS and, if asked, FLOPs."""
+    (the order flips every round), each after `settle_s` seconds idle: a BASE update of ours started
+    right after one of transformers' (which frees and faults in over a million pages per update) ran
+    about 5 % slower than after one of its own. Returns each side's times, peak RSS and, if asked, FLOPs."""
     workers: dict[str, Worker] = {}
     results = {side: SideResult() for side in specs}
     try:
@@ -105,6 +107,7 @@ def alternate(specs: dict[str, dict], threads: int, warmup: int, reps: int, flop
         order = list(workers)
         for r in range(reps):
             for side in (order if r % 2 == 0 else order[::-1]):
+                time.sleep(settle_s)
                 ans = workers[side].request("run")
                 results[side].walls.append(ans["wall"])
                 results[side].cpus.append(ans["cpu"])

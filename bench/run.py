@@ -1,6 +1,6 @@
 """Side-by-side benchmarks of w2vtk against the reference implementations.
 
-    python bench/run.py --json OUT.json                  # everything (about 10 minutes on a quiet 2-core CPU)
+    python bench/run.py --json OUT.json                  # everything (about 6 minutes on a quiet 2-core CPU)
     python bench/run.py --bench pretrain_fp32 --reps 5   # one benchmark, more repetitions
 
 Benchmarks (keys of OUT.json):
@@ -42,9 +42,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="torch intra-op threads and OMP_NUM_THREADS of every worker (default 2)")
     p.add_argument("--reps", type=int, default=None,
                    help="timed repetitions per side (default: 3 for pretraining, 5 for the others)")
-    p.add_argument("--warmup", type=int, default=2,
-                   help="untimed repetitions per side first (default 2: a pretraining worker's second update "
-                        "ran 10-45%% slower than the later ones)")
+    p.add_argument("--warmup", type=int, default=4,
+                   help="untimed repetitions per side first (default 4: pretraining updates of both sides keep "
+                        "getting faster over the first four or five, while their heaps grow)")
+    p.add_argument("--settle", type=float, default=2.0,
+                   help="seconds idle before each timed repetition (default 2: right after one of transformers' "
+                        "pretraining updates, ours ran about 5%% slower than after one of its own)")
     p.add_argument("--cache", type=Path, default=corpus.DEFAULT_CACHE,
                    help="where the synthesized corpus, LM and inputs are kept (default bench/.cache)")
     p.add_argument("--corpus", type=Path, default=None,
@@ -109,7 +112,8 @@ def run_pretrain(args, precision: str, wav_path: Path, gemm: dict, log) -> dict:
                     "keep_freed_memory": _has_our_memory_policy(args, side)}
              for side in ("ours", "ref")}
     reps = args.reps or 3
-    res = harness.alternate(specs, args.threads, args.warmup, reps, flops=not args.no_flops, log=log)
+    res = harness.alternate(specs, args.threads, args.warmup, reps, flops=not args.no_flops,
+                                settle_s=args.settle, log=log)
     audio = args.batch * args.seconds
     entry = _speed_entry(res, audio, "audio s/s", "audio s per CPU s", args.threads)
     entry["peak_rss_mb"] = _memory(res)
@@ -154,7 +158,8 @@ def run_inference(args, wav_path: Path, gemm: dict, log) -> dict:
                     "keep_freed_memory": _has_our_memory_policy(args, side),
                     "huge_pages": _has_our_memory_policy(args, side)}
              for side in ("ours", "ref")}
-    res = harness.alternate(specs, args.threads, args.warmup, args.reps or 5, flops=not args.no_flops, log=log)
+    res = harness.alternate(specs, args.threads, args.warmup, args.reps or 5, flops=not args.no_flops,
+                                settle_s=args.settle, log=log)
     audio = args.infer_batch * args.infer_seconds
     entry = _speed_entry(res, audio, "audio s/s", "audio s per CPU s", args.threads)
     entry["rtf"] = {"unit": "compute s per audio s (lower is better)",
@@ -177,7 +182,7 @@ def run_decode(args, corpus_dir: Path, log) -> dict:
     specs = {"ours": {"bench": "decode", "side": "ours", "task": str(task), "lm": str(arpa),
                       "jobs": args.decode_jobs},
              "ref": {"bench": "decode", "side": "ref", "task": str(task), "lm": str(arpa)}}
-    res = harness.alternate(specs, args.threads, args.warmup, args.reps or 5, log=log)
+    res = harness.alternate(specs, args.threads, args.warmup, args.reps or 5, settle_s=args.settle, log=log)
     n = res["ours"].extra["utterances"]
     entry = _speed_entry(res, n, "utterances/s", "utterances per CPU s (all processes)", args.threads)
     entry["wer"] = {"unit": "%", "ours": res["ours"].extra["wer"], "ref": res["ref"].extra["wer"],
@@ -192,7 +197,7 @@ def run_prepare(args, corpus_dir: Path, log) -> dict:
     root = corpus.prepare_corpus(args.cache, corpus_dir, args.prepare_copies)
     specs = {"ours": {"bench": "prepare", "side": "ours", "corpus": str(root), "jobs": args.prepare_jobs},
              "ref": {"bench": "prepare", "side": "ref", "corpus": str(root)}}
-    res = harness.alternate(specs, args.threads, args.warmup, args.reps or 5, log=log)
+    res = harness.alternate(specs, args.threads, args.warmup, args.reps or 5, settle_s=args.settle, log=log)
     files = res["ref"].extra["files"]
     if res["ours"].extra["files"] != files:
         raise RuntimeError(f"prepare listed {res['ours'].extra['files']} files, the loop {files}")
@@ -294,6 +299,7 @@ def main(argv=None) -> dict:
         results["prepare"] = run_prepare(args, corpus_dir, log)
     results["machine"]["load_average_end"] = os.getloadavg()
     results["machine"]["total_s"] = time.perf_counter() - started
+    results["machine"]["method"] = {"warmup": args.warmup, "settle_s": args.settle, "reps": args.reps}
     print(table(results))
     if args.json:
         from w2vtk.fileio import atomic_write_text
