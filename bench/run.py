@@ -113,7 +113,7 @@ def run_pretrain(args, precision: str, wav_path: Path, gemm: dict, log) -> dict:
              for side in ("ours", "ref")}
     reps = args.reps or 3
     res = harness.alternate(specs, args.threads, args.warmup, reps, flops=not args.no_flops,
-                                settle_s=args.settle, log=log)
+                            settle_s=args.settle, log=log)
     audio = args.batch * args.seconds
     entry = _speed_entry(res, audio, "audio s/s", "audio s per CPU s", args.threads)
     entry["peak_rss_mb"] = _memory(res)
@@ -159,7 +159,7 @@ def run_inference(args, wav_path: Path, gemm: dict, log) -> dict:
                     "huge_pages": _has_our_memory_policy(args, side)}
              for side in ("ours", "ref")}
     res = harness.alternate(specs, args.threads, args.warmup, args.reps or 5, flops=not args.no_flops,
-                                settle_s=args.settle, log=log)
+                            settle_s=args.settle, log=log)
     audio = args.infer_batch * args.infer_seconds
     entry = _speed_entry(res, audio, "audio s/s", "audio s per CPU s", args.threads)
     entry["rtf"] = {"unit": "compute s per audio s (lower is better)",
