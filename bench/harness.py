@@ -74,6 +74,7 @@ class Worker:
 class SideResult:
     walls: list[float] = field(default_factory=list)
     cpus: list[float] = field(default_factory=list)
+    peaks: list[dict] = field(default_factory=list)  # GemmProbe.measure() right before each repetition
     extra: dict = field(default_factory=dict)
 
     @property
@@ -86,11 +87,14 @@ class SideResult:
 
 
 def alternate(specs: dict[str, dict], threads: int, warmup: int, reps: int, flops: bool = False,
-              settle_s: float = 0.0, log=print) -> dict[str, SideResult]:
+              settle_s: float = 0.0, probe: GemmProbe | None = None, log=print) -> dict[str, SideResult]:
     """Start a worker per side, warm each up, then time `reps` repetitions alternating the sides
     (the order flips every round), each after `settle_s` seconds idle: a BASE update of ours started
     right after one of transformers' (which frees and faults in over a million pages per update) ran
-    about 5 % slower than after one of its own. Returns each side's times, peak RSS and, if asked, FLOPs."""
+    about 5 % slower than after one of its own. With a `probe`, the GEMM peak is measured again
+    after each idle time, right before the repetition, and kept with it: this machine's speed drifts
+    by a quarter within minutes, so a fraction of the peak is only meaningful against a peak taken
+    under the same conditions. Returns each side's times, peak RSS and, if asked, FLOPs."""
     workers: dict[str, Worker] = {}
     results = {side: SideResult() for side in specs}
     try:
@@ -108,6 +112,8 @@ def alternate(specs: dict[str, dict], threads: int, warmup: int, reps: int, flop
         for r in range(reps):
             for side in (order if r % 2 == 0 else order[::-1]):
                 time.sleep(settle_s)
+                if probe is not None:
+                    results[side].peaks.append(probe.measure())
                 ans = workers[side].request("run")
                 results[side].walls.append(ans["wall"])
                 results[side].cpus.append(ans["cpu"])
@@ -131,19 +137,37 @@ def spec_name(spec: dict) -> str:
     return f"{spec['bench']}/{spec['side']}"
 
 
-def gemm_peak(threads: int, size: int = 2048, reps: int = 10, dtype: str = "float32", warmup: int = 10) -> dict:
-    """This machine's GEMM throughput: the best of `reps` torch.mm of size^3 after `warmup` untimed
-    ones, in a worker."""
-    w = Worker({"bench": "gemm", "side": dtype, "size": size, "dtype": dtype, "warmup": warmup}, threads)
-    try:
+class GemmProbe:
+    """This machine's GEMM throughput, measurable again and again: torch.mm of size^3 in its own
+    worker (with the benchmark's threads), `warmup` untimed products first; `measure()` is the best
+    of `reps` products into a preallocated output."""
+
+    def __init__(self, threads: int, size: int = 2048, reps: int = 10, dtype: str = "float32", warmup: int = 10):
+        self.size, self.reps, self.dtype, self.threads = size, reps, dtype, threads
+        self.worker = Worker({"bench": "gemm", "side": dtype, "size": size, "dtype": dtype, "warmup": warmup},
+                             threads)
+
+    def measure(self) -> dict:
         walls, cpus = [], []
-        for _ in range(reps):
-            ans = w.request("run")
+        for _ in range(self.reps):
+            ans = self.worker.request("run")
             walls.append(ans["wall"])
             cpus.append(ans["cpu"])
-        w.close()
+        flops = 2.0 * self.size**3
+        return {"flops_per_s": flops / min(walls), "flops_per_cpu_s": flops / min(cpus) * self.threads,
+                "size": self.size, "dtype": self.dtype, "walls": walls, "cpus": cpus}
+
+    def close(self) -> None:
+        try:
+            self.worker.close()
+        finally:
+            self.worker.kill()
+
+
+def gemm_peak(threads: int, size: int = 2048, reps: int = 10, dtype: str = "float32", warmup: int = 10) -> dict:
+    """The GEMM throughput measured once (`GemmProbe.measure`)."""
+    probe = GemmProbe(threads, size, reps, dtype, warmup)
+    try:
+        return probe.measure()
     finally:
-        w.kill()
-    flops = 2.0 * size**3
-    return {"flops_per_s": flops / min(walls), "flops_per_cpu_s": flops / min(cpus) * threads,
-            "size": size, "dtype": dtype, "walls": walls, "cpus": cpus}
+        probe.close()

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -111,9 +112,7 @@ def run_pretrain(args, precision: str, wav_path: Path, gemm: dict, log) -> dict:
                     "fused_adamw": side == "ours" and not args.foreach_adamw,
                     "keep_freed_memory": _has_our_memory_policy(args, side)}
              for side in ("ours", "ref")}
-    reps = args.reps or 3
-    res = harness.alternate(specs, args.threads, args.warmup, reps, flops=not args.no_flops,
-                            settle_s=args.settle, log=log)
+    res = _alternate_with_probe(args, specs, args.reps or 3, log)
     audio = args.batch * args.seconds
     entry = _speed_entry(res, audio, "audio s/s", "audio s per CPU s", args.threads)
     entry["peak_rss_mb"] = _memory(res)
@@ -123,6 +122,18 @@ def run_pretrain(args, precision: str, wav_path: Path, gemm: dict, log) -> dict:
     entry["loss"] = {s: res[s].extra.get("loss") for s in ("ours", "ref")}
     entry["keeps_freed_memory"] = {s: specs[s]["keep_freed_memory"] for s in specs}
     return entry
+
+
+def _alternate_with_probe(args, specs: dict, reps: int, log) -> dict:
+    """harness.alternate with FLOPs counted and the fp32 GEMM peak measured before each repetition
+    (neither with --no-flops)."""
+    probe = None if args.no_flops else harness.GemmProbe(args.threads)
+    try:
+        return harness.alternate(specs, args.threads, args.warmup, reps, flops=not args.no_flops,
+                                 settle_s=args.settle, probe=probe, log=log)
+    finally:
+        if probe is not None:
+            probe.close()
 
 
 def _has_our_memory_policy(args, side: str) -> bool:
@@ -137,20 +148,31 @@ def _add_gemm_fraction(entry: dict, res: dict, gemm: dict, threads: int) -> None
     Two counts: each side's own (what it executed: our positional convolution runs by FFTs, which
     counts as fewer FLOPs), and the model's, taken as the reference's count of the same
     architecture computed directly (`model_flops_*`: the work both sides deliver per repetition).
+    Each repetition is divided by the peak measured right before it (`harness.GemmProbe`), and the
+    fractions are the medians over repetitions; `*_opening_peak` divides the median times by the
+    peak measured once at the start of the run instead.
     """
     flops = {s: res[s].extra["flops"] for s in ("ours", "ref")}
     model_flops = flops["ref"]
     entry["flops_per_step"] = flops
     entry["model_flops_per_step"] = model_flops
     entry["achieved_flops_per_s"] = {s: flops[s] / res[s].wall for s in flops}
-    peak = gemm["float32"]
-    # Fraction of the fp32 GEMM peak, by wall time and by CPU time (the latter compares CPU
-    # seconds with CPU seconds, so other processes' load affects it much less).
-    entry["gemm_fraction"] = {s: flops[s] / res[s].wall / peak["flops_per_s"] for s in flops}
-    entry["gemm_fraction_cpu"] = {s: flops[s] / res[s].cpu * threads / peak["flops_per_cpu_s"] for s in flops}
-    entry["model_flops_fraction"] = {s: model_flops / res[s].wall / peak["flops_per_s"] for s in flops}
-    entry["model_flops_fraction_cpu"] = {s: model_flops / res[s].cpu * threads / peak["flops_per_cpu_s"]
-                                         for s in flops}
+    entry["gemm_peak_before_each"] = {s: [p["flops_per_s"] for p in res[s].peaks] for s in flops}
+
+    def per_rep(count: float, side: str, cpu: bool = False) -> float:
+        # by wall time, and by CPU time (CPU seconds against CPU seconds: other processes' load
+        # affects it much less)
+        r = res[side]
+        times, key = (r.cpus, "flops_per_cpu_s") if cpu else (r.walls, "flops_per_s")
+        scale = threads if cpu else 1
+        return statistics.median(count / t * scale / p[key] for t, p in zip(times, r.peaks))
+
+    entry["gemm_fraction"] = {s: per_rep(flops[s], s) for s in flops}
+    entry["gemm_fraction_cpu"] = {s: per_rep(flops[s], s, cpu=True) for s in flops}
+    entry["model_flops_fraction"] = {s: per_rep(model_flops, s) for s in flops}
+    entry["model_flops_fraction_cpu"] = {s: per_rep(model_flops, s, cpu=True) for s in flops}
+    opening = gemm["float32"]["flops_per_s"]
+    entry["model_flops_fraction_opening_peak"] = {s: model_flops / res[s].wall / opening for s in flops}
 
 
 def run_inference(args, wav_path: Path, gemm: dict, log) -> dict:
@@ -158,8 +180,7 @@ def run_inference(args, wav_path: Path, gemm: dict, log) -> dict:
                     "keep_freed_memory": _has_our_memory_policy(args, side),
                     "huge_pages": _has_our_memory_policy(args, side)}
              for side in ("ours", "ref")}
-    res = harness.alternate(specs, args.threads, args.warmup, args.reps or 5, flops=not args.no_flops,
-                            settle_s=args.settle, log=log)
+    res = _alternate_with_probe(args, specs, args.reps or 5, log)
     audio = args.infer_batch * args.infer_seconds
     entry = _speed_entry(res, audio, "audio s/s", "audio s per CPU s", args.threads)
     entry["rtf"] = {"unit": "compute s per audio s (lower is better)",
@@ -220,9 +241,11 @@ def table(results: dict) -> str:
         if "gemm_fraction" in e:
             g, gc = e["gemm_fraction"], e["gemm_fraction_cpu"]
             m, mc = e["model_flops_fraction"], e["model_flops_fraction_cpu"]
+            o = e["model_flops_fraction_opening_peak"]
             notes.append(f"of the GEMM peak, FLOPs executed {g['ours']:.0%}/{g['ref']:.0%} "
                          f"(CPU {gc['ours']:.0%}/{gc['ref']:.0%}), model FLOPs {m['ours']:.0%}/{m['ref']:.0%} "
-                         f"(CPU {mc['ours']:.0%}/{mc['ref']:.0%})")
+                         f"(CPU {mc['ours']:.0%}/{mc['ref']:.0%}; {o['ours']:.0%}/{o['ref']:.0%} "
+                         f"against the opening peak)")
         if "rtf" in e:
             notes.append(f"RTF {e['rtf']['ours']:.3f}/{e['rtf']['ref']:.3f}")
         if "wer" in e:

@@ -54,6 +54,10 @@ def test_pretraining_reports_memory_flops_and_gemm_fraction(bench_results):
             assert e["peak_rss_mb"][side] > e["peak_rss_mb"]["after_import"][side] > 0
             assert _positive(e["flops_per_step"][side])
             assert _positive(e["gemm_fraction"][side]) and _positive(e["gemm_fraction_cpu"][side])
+            # each repetition against the peak measured right before it, and the run's opening peak
+            assert len(e["gemm_peak_before_each"][side]) == len(e["wall_s"][side])
+            assert all(_positive(p) for p in e["gemm_peak_before_each"][side])
+            assert _positive(e["model_flops_fraction_opening_peak"][side])
             assert math.isfinite(e["loss"][side])
     assert _positive(written["inference"]["rtf"]["ours"]) and _positive(written["inference"]["peak_rss_mb"]["ref"])
     inference = written["inference"]["flops_per_step"]
