@@ -265,6 +265,59 @@ def test_dropout_drops_p_and_keeps_the_expectation():
     assert module(x) is x
 
 
+@pytest.mark.parametrize("activation", ["none", "gelu"])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_equals_f_linear_with_its_gradients(activation, with_bias):
+    """w2vtk.model.linear (oneDNN where it applies): F.linear's output, and its gradients for a
+    strided 3-D input, with and without gradients, and the same FLOPs under FlopCounterMode."""
+    import torch.nn.functional as F
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from w2vtk.model.linear import _ONEDNN, linear
+
+    class OpsSeen(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.add(func.overloadpacket)
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 12, 5).transpose(1, 2).requires_grad_()  # (batch, frame, in), not contiguous
+    weight = torch.randn(9, 12, requires_grad=True)
+    bias = torch.randn(9, requires_grad=True) if with_bias else None
+
+    def reference(x, weight, bias):
+        y = F.linear(x, weight, bias)
+        return F.gelu(y) if activation == "gelu" else y
+
+    upstream = torch.randn(3, 5, 9)
+    with OpsSeen() as seen:
+        ours = linear(x, weight, bias, activation)
+        grads = torch.autograd.grad(ours, [t for t in (x, weight, bias) if t is not None], upstream)
+    ref = reference(x, weight, bias)
+    ref_grads = torch.autograd.grad(ref, [t for t in (x, weight, bias) if t is not None], upstream)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():
+        torch.testing.assert_close(linear(x, weight, bias, activation), ref.detach(), rtol=1e-5, atol=1e-5)
+    assert (torch.ops.mkldnn._linear_pointwise in seen.ops) == _ONEDNN
+    counts = []
+    for forward in (linear, reference):
+        with FlopCounterMode(display=False) as counter:
+            forward(x, weight, bias).sum().backward()
+        counts.append(counter.get_total_flops())
+    assert counts[0] == counts[1] == 3 * 2 * 3 * 5 * 12 * 9
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast keeps F.linear's casts
+        assert linear(x, weight, bias).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="activation"):
+        linear(x, weight, bias, "relu")
+
+
 @pytest.mark.parametrize("padded", [False, True])
 def test_attention_with_dropout_equals_the_written_out_attention(padded):
     from w2vtk.model.attention import attention_with_dropout

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from w2vtk.model.attention import attention_with_dropout
 from w2vtk.model.dropout import Dropout, draws_cheap_mask, dropout
+from w2vtk.model.linear import Linear, linear
 
 
 def conv_output_lengths(lengths: Tensor, conv_layers: list[list[int]]) -> Tensor:
@@ -269,12 +270,12 @@ def conv1d_as_matmul(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int
     out_ch, in_ch, kernel = weight.shape
     if x.dim() == 2:  # one input channel: the windows are a strided view of the waveform
         cols, w = x.unfold(1, kernel, stride), weight.view(out_ch, kernel)
-        return F.linear(cols, w, bias)
+        return linear(cols, w, bias)
     w = weight.transpose(1, 2).reshape(out_ch, kernel * in_ch)  # windows laid out (kernel, channel)
     batch, frames, _ = x.shape
     n = (frames - kernel) // stride + 1
     if kernel == stride:  # windows tile the frames: a plain reshape
-        return F.linear(x[:, :n * kernel].reshape(batch, n, kernel * in_ch), w, bias)
+        return linear(x[:, :n * kernel].reshape(batch, n, kernel * in_ch), w, bias)
     if kernel == 3 and stride == 2 and n >= 2 and in_ch >= 512 and _plain_fp32(x):
         # fewer channels: the products shrink faster than the added element-wise pass (break-even at 256)
         return _Kernel3Stride2Conv.apply(x, w, bias)
@@ -519,8 +520,8 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float):
         super().__init__()
         self.heads, self.dropout = heads, dropout
-        self.in_proj = nn.Linear(dim, 3 * dim)
-        self.out_proj = nn.Linear(dim, dim)
+        self.in_proj = Linear(dim, 3 * dim)
+        self.out_proj = Linear(dim, dim)
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         """x: (batch, frame, dim); attn_mask: (batch, 1, 1, frame) bool, True = attend, or None."""
@@ -559,14 +560,15 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim: int, hidden: int, activation_dropout: float, dropout: float):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc1 = Linear(dim, hidden)
+        self.fc2 = Linear(hidden, dim)
         self.activation_dropout = Dropout(activation_dropout)
         self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         """(batch, frame, dim) -> (batch, frame, dim)."""
-        return self.dropout(self.fc2(self.activation_dropout(_gelu_of_fresh(self.fc1(x)))))
+        hidden = linear(x, self.fc1.weight, self.fc1.bias, activation="gelu")
+        return self.dropout(self.fc2(self.activation_dropout(hidden)))
 
 
 class EncoderLayer(nn.Module):

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from w2vtk.checkpoint import CheckpointError, architecture_mismatch
 from w2vtk.errors import W2vtkError
 from w2vtk.model.dropout import Dropout
+from w2vtk.model.linear import Linear
 from w2vtk.model.config import ARCH_KEYS, ModelConfig, base_config, large_config, tiny_config
 from w2vtk.model.encoder import FeatureExtractor, TransformerEncoder, conv_output_lengths, lengths_to_padding_mask
 from w2vtk.model.quantizer import GumbelVectorQuantizer, QuantizerOutput
@@ -90,7 +91,7 @@ class Wav2Vec2Model(nn.Module):
         dim = cfg.encoder_embed_dim
         self.feature_extractor = FeatureExtractor(cfg.conv_layers, cfg.extractor_mode, cfg.conv_bias)
         self.layer_norm = nn.LayerNorm(cfg.conv_dim)
-        self.post_extract_proj = nn.Linear(cfg.conv_dim, dim) if cfg.conv_dim != dim else None
+        self.post_extract_proj = Linear(cfg.conv_dim, dim) if cfg.conv_dim != dim else None
         self.dropout_input = Dropout(cfg.dropout_input)
         self.mask_emb = nn.Parameter(torch.empty(dim).uniform_())
         self.encoder = TransformerEncoder(
@@ -100,11 +101,11 @@ class Wav2Vec2Model(nn.Module):
         if cfg.latent_vars > 0:
             self.quantizer = GumbelVectorQuantizer(cfg.conv_dim, cfg.latent_vars, cfg.latent_groups,
                                                    cfg.codevector_dim)
-            self.project_q = nn.Linear(cfg.codevector_dim, cfg.final_dim)
-            self.final_proj = nn.Linear(dim, cfg.final_dim)
+            self.project_q = Linear(cfg.codevector_dim, cfg.final_dim)
+            self.final_proj = Linear(dim, cfg.final_dim)
         else:
             self.quantizer = self.project_q = self.final_proj = None
-        self.ctc_head = nn.Linear(dim, cfg.vocab_size) if cfg.vocab_size > 0 else None
+        self.ctc_head = Linear(dim, cfg.vocab_size) if cfg.vocab_size > 0 else None
         self._init_weights()
 
     def _init_weights(self) -> None:
