@@ -1,6 +1,6 @@
 """Side-by-side benchmarks of w2vtk against the reference implementations.
 
-    python bench/run.py --json OUT.json                  # everything (about 6 minutes on a quiet 2-core CPU)
+    python bench/run.py --json OUT.json                  # everything (6-9 minutes on a quiet 2-core CPU)
     python bench/run.py --bench pretrain_fp32 --reps 5   # one benchmark, more repetitions
 
 Benchmarks (keys of OUT.json):

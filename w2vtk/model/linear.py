@@ -3,11 +3,12 @@
 torch's fp32 `F.linear` on a CPU is a BLAS GEMM (MKL in the x86 wheels). oneDNN's inner-product
 primitive, which torch ships for its own graph optimisations (`torch.ops.mkldnn._linear_pointwise`),
 runs the Transformer's products 10-20 % faster on an AMD EPYC (Zen 4, AVX-512): 193-209 GFLOP/s
-against 168-186 for (2000, 768) x (768, 3072) and the like, in the same process, alternating. In
-training the input's gradient goes through oneDNN too (dy W: 194-211 against 170-191 GFLOP/s) and
-the weight's stays with BLAS, as fast or faster on six shapes of eight (dy^T x: 173-191 against
-150-201 GFLOP/s). Results differ from BLAS's by rounding only (summation order), as between any two GEMMs.
-Under autocast, on other devices and for other dtypes, `F.linear` applies.
+against 168-186 for (2000, 768) x (768, 3072) and the like, in the same process, alternating; on an
+Intel Xeon (AVX-512, AMX) the two ran level. In training the input's gradient goes through oneDNN
+too (dy W: 194-211 against 170-191 GFLOP/s) and the weight's stays with BLAS, as fast or faster on
+six shapes of eight (dy^T x: 173-191 against 150-201). Results differ from BLAS's by rounding only
+(summation order), as between any two GEMMs. Under autocast, on other devices and for other
+dtypes, `F.linear` applies.
 """
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.flop_counter import register_flop_formula
+from torch.utils.flop_counter import flop_registry, register_flop_formula
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
-if _ONEDNN:
+if _ONEDNN and torch.ops.mkldnn._linear_pointwise not in flop_registry:  # once, unless torch counts it
     @register_flop_formula(torch.ops.mkldnn._linear_pointwise)
     def _inner_product_flops(x_shape, w_shape, *_, out_shape=None, **__) -> int:
         """What FlopCounterMode counts for oneDNN's product, as for the mm it replaces (torch counts
