@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from w2vtk.model.attention import attention_with_dropout
 from w2vtk.model.dropout import Dropout, draws_cheap_mask, dropout
-from w2vtk.model.linear import Linear, linear
+from w2vtk.model.linear import Linear, gelu_of_fresh, linear, needs_grad, plain_fp32
 
 
 def conv_output_lengths(lengths: Tensor, conv_layers: list[list[int]]) -> Tensor:
@@ -27,23 +27,6 @@ def conv_output_lengths(lengths: Tensor, conv_layers: list[list[int]]) -> Tensor
 def lengths_to_padding_mask(lengths: Tensor, max_len: int) -> Tensor:
     """(batch,) lengths -> (batch, max_len) bool, True on padded positions."""
     return torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
-
-
-def _needs_grad(*tensors: Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
-def _plain_fp32(x: Tensor) -> bool:
-    """fp32 outside autocast: the in-place and out= inference paths below apply."""
-    return x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)
-
-
-def _gelu_of_fresh(x: Tensor) -> Tensor:
-    """GELU of a tensor its caller has just made and nothing else holds: in place (one pass, no new
-    buffer) where autograd does not need x, e.g. at inference."""
-    if _plain_fp32(x) and not _needs_grad(x):
-        return torch.ops.aten.gelu_(x)
-    return F.gelu(x)
 
 
 class ChannelNorm(nn.Module):
@@ -276,7 +259,7 @@ def conv1d_as_matmul(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int
     n = (frames - kernel) // stride + 1
     if kernel == stride:  # windows tile the frames: a plain reshape
         return linear(x[:, :n * kernel].reshape(batch, n, kernel * in_ch), w, bias)
-    if kernel == 3 and stride == 2 and n >= 2 and in_ch >= 512 and _plain_fp32(x):
+    if kernel == 3 and stride == 2 and n >= 2 and in_ch >= 512 and plain_fp32(x):
         # fewer channels: the products shrink faster than the added element-wise pass (break-even at 256)
         return _Kernel3Stride2Conv.apply(x, w, bias)
     if torch.is_autocast_enabled(x.device.type):  # the casts F.linear would make, outside the Function
@@ -309,7 +292,7 @@ def channel_normed_conv(wav: Tensor, weight: Tensor, norm: ChannelNorm, stride: 
         return wav.new_empty(batch, 0, out_ch)
     windows = wav.unfold(1, kernel, stride)  # (batch, n, kernel), a view
     mean, w_scaled = _fold_channel_norm(windows, weight.view(out_ch, kernel), norm, lengths)
-    if _plain_fp32(wav) and not _needs_grad(wav, weight, norm.weight, norm.bias):
+    if plain_fp32(wav) and not needs_grad(wav, weight, norm.weight, norm.bias):
         out = wav.new_empty(batch, n, out_ch)
         for b in range(batch):
             w_t = w_scaled[b].t()
@@ -373,7 +356,7 @@ class ConvBlock(nn.Module):
         x = conv1d_as_matmul(x, self.conv.weight, self.conv.bias, self.stride)
         if self.norm is not None:
             x = self.norm(x)
-        return _gelu_of_fresh(x), lengths
+        return gelu_of_fresh(x), lengths
 
 
 class FeatureExtractor(nn.Module):
@@ -453,7 +436,7 @@ class ConvPositionalEmbedding(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (batch, frame, dim) with padded frames zeroed -> (batch, frame, dim) positional term."""
-        if x.device.type == "cpu" and _plain_fp32(x) and self._dft_flops(*x.shape) < self._direct_flops(*x.shape):
+        if x.device.type == "cpu" and plain_fp32(x) and self._dft_flops(*x.shape) < self._direct_flops(*x.shape):
             return F.gelu(self._conv_by_dft(x))
         y = self.conv(x.transpose(1, 2))
         if self.trim:
@@ -528,7 +511,7 @@ class SelfAttention(nn.Module):
         batch, frames, dim = x.shape
         qkv = self.in_proj(x)
         dropout_on = self.training and self.dropout > 0
-        if dropout_on and _plain_fp32(qkv) and draws_cheap_mask(qkv, self.dropout):
+        if dropout_on and plain_fp32(qkv) and draws_cheap_mask(qkv, self.dropout):
             return self.out_proj(attention_with_dropout(qkv, self.heads, self.dropout, attn_mask))
         qkv = qkv.view(batch, frames, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # one gradient op (a stack), where indexing zero-fills qkv's size thrice

@@ -29,9 +29,26 @@ if _ONEDNN and torch.ops.mkldnn._linear_pointwise not in flop_registry:  # once,
         return 2 * math.prod(x_shape[:-1]) * w_shape[0] * w_shape[1]
 
 
+def needs_grad(*tensors: Tensor | None) -> bool:
+    """Whether autograd will want gradients through any of `tensors` (None ones skipped)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def plain_fp32(x: Tensor) -> bool:
+    """fp32 outside autocast: the oneDNN, in-place and out= paths of the model apply."""
+    return x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)
+
+
+def gelu_of_fresh(x: Tensor) -> Tensor:
+    """GELU of a tensor its caller has just made and nothing else holds: in place (one pass, no new
+    buffer) where autograd does not need x, e.g. at inference."""
+    if plain_fp32(x) and not needs_grad(x):
+        return torch.ops.aten.gelu_(x)
+    return F.gelu(x)
+
+
 def _onednn_applies(x: Tensor, weight: Tensor) -> bool:
-    return (_ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu"))
+    return _ONEDNN and x.device.type == "cpu" and plain_fp32(x) and weight.dtype == torch.float32
 
 
 def _inner_product(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str = "none") -> Tensor:
@@ -70,16 +87,13 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: st
     x: (..., in); weight: (out, in); bias: (out,) or None. Returns (..., out)."""
     if activation not in ("none", "gelu"):
         raise ValueError(f"activation must be 'none' or 'gelu', not {activation!r}")
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     if _onednn_applies(x, weight):
-        if not needs_grad:
+        if not needs_grad(x, weight, bias):
             return _inner_product(x, weight, bias, activation)
         y = _OneDnnLinear.apply(x, weight, bias)
     else:
         y = F.linear(x, weight, bias)
-    if activation == "none":
-        return y
-    return F.gelu(y) if needs_grad else torch.ops.aten.gelu_(y)
+    return gelu_of_fresh(y) if activation == "gelu" else y
 
 
 class Linear(nn.Linear):
