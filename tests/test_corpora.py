@@ -9,7 +9,7 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from w2vtk.cli import main
-from w2vtk.corpora.common import read_headers
+from w2vtk.corpora.common import HeaderReader, read_headers
 from w2vtk.corpora.folder import split_valid
 from w2vtk.corpora.librilight import prepare_librilight
 from w2vtk.corpora.librispeech import prepare_librispeech
@@ -202,6 +202,20 @@ def test_parallel_header_reads_match_the_loop(synth_librispeech):
     assert read_headers(paths, jobs=2) == serial
     assert serial[-1][0] is None and "no such audio file" in serial[-1][1]
     assert all(n == sf.info(p).frames for p, (n, _) in zip(paths[:-1], serial[:-1]))
+
+
+def test_header_reader_takes_paths_in_pieces_and_reads_each_once(synth_librispeech):
+    paths = [str(p) for p in sorted(synth_librispeech.rglob("*.flac"))]
+    with HeaderReader(jobs=2) as reader:
+        reader.BATCH = 4  # several tasks in flight while paths still arrive
+        for i in range(0, len(paths), 3):
+            reader.submit(paths[i:i + 3] + paths[:2])  # the repeats are not queued again
+        queued = sum(len(batch) for batch, _ in reader._tasks) + len(reader._pending)
+        sent = len(reader._tasks)
+        found = reader.results()
+    assert queued == len(paths) and sent > 1
+    assert list(found) == paths
+    assert [found[p] for p in paths] == read_headers(paths, jobs=1)
 
 
 # --- Libri-light -------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from w2vtk.corpora.common import PrepareSummary, SubsetPlan, build_manifests, check_corpus_dir
+from w2vtk.corpora.common import HeaderReader, PrepareSummary, SubsetPlan, build_manifests, check_corpus_dir
 from w2vtk.corpora.librispeech import LETTER_DICT, read_chapters
 from w2vtk.errors import W2vtkError
 
@@ -48,11 +48,13 @@ def prepare_librilight(corpus_dir: str | Path, out_dir: str | Path, jobs: int = 
     if missing:
         log.warning("%s: no %s: writing %s only", base, ", ".join(missing), ", ".join(splits))
     largest = list(splits)[-1]
-    parts = {part: read_chapters(base / part, base) for part in splits[largest]}
-    for part, items in parts.items():
-        if not items:
-            raise W2vtkError(f"{base / part}: no utterances; re-extract librispeech_finetuning.tgz")
-    plans = [SubsetPlan(name, base, sorted((it for part in members for it in parts[part]),
-                                           key=lambda it: it.relpath))
-             for name, members in splits.items()]
-    return build_manifests(out_dir, plans, {LETTER_DICT: ("ltr", [largest])}, jobs=jobs, skip_bad=skip_bad)
+    with HeaderReader(jobs) as headers:
+        parts = {part: read_chapters(base / part, base, headers.submit) for part in splits[largest]}
+        for part, items in parts.items():
+            if not items:
+                raise W2vtkError(f"{base / part}: no utterances; re-extract librispeech_finetuning.tgz")
+        plans = [SubsetPlan(name, base, sorted((it for part in members for it in parts[part]),
+                                               key=lambda it: it.relpath))
+                 for name, members in splits.items()]
+        return build_manifests(out_dir, plans, {LETTER_DICT: ("ltr", [largest])}, skip_bad=skip_bad,
+                               headers=headers)

@@ -10,9 +10,10 @@ import bisect
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
-from w2vtk.corpora.common import AudioItem, PrepareSummary, SubsetPlan, build_manifests, check_corpus_dir
+from w2vtk.corpora.common import (AudioItem, HeaderReader, PrepareSummary, SubsetPlan, build_manifests,
+                                  check_corpus_dir)
 from w2vtk.errors import W2vtkError
 from w2vtk.text import TranscriptError, transcript_to_letters
 
@@ -22,13 +23,16 @@ AUDIO_SUFFIX = ".flac"
 LETTER_DICT = "dict.ltr.txt"
 
 
-def read_chapters(directory: Path, root: Path) -> list[AudioItem]:
+def read_chapters(directory: Path, root: Path,
+                  on_audio: Callable[[list[str]], None] | None = None) -> list[AudioItem]:
     """Every utterance under `directory` (any depth) in LibriSpeech's chapter format, sorted by path.
 
     Label lines: `wrd` (the transcript) and `ltr` (letters, `|` after each word). A transcript line
     that is malformed or holds characters outside A-Z and apostrophe, and an audio file without a
     transcript line, raise W2vtkError naming the file and line. A transcript line whose audio is
-    missing is kept: the header read reports it (and --skip-bad can leave it out).
+    missing is kept: the header read reports it (and --skip-bad can leave it out). `on_audio` is
+    called with each chapter's audio paths as soon as they are known (a HeaderReader's submit, so
+    that the headers are read while the walk goes on).
     """
     items: list[AudioItem] = []
     for dirpath, dirnames, filenames in os.walk(directory):
@@ -51,10 +55,11 @@ def read_chapters(directory: Path, root: Path) -> list[AudioItem]:
         rel_dir = here.relative_to(root).as_posix()
         prefix = "" if rel_dir == "." else rel_dir + "/"
         folder = dirpath.rstrip(os.sep) + os.sep
-        for utt, (text, letters) in lines.items():
-            name = utt + AUDIO_SUFFIX
-            items.append(AudioItem(folder + name, prefix + name, utt.split("-")[0],
-                                   {"wrd": text, "ltr": letters}))
+        found = [AudioItem(folder + utt + AUDIO_SUFFIX, prefix + utt + AUDIO_SUFFIX, utt.split("-")[0],
+                           {"wrd": text, "ltr": letters}) for utt, (text, letters) in lines.items()]
+        if on_audio is not None:
+            on_audio([it.path for it in found])
+        items.extend(found)
     return sorted(items, key=lambda it: it.relpath)
 
 
@@ -130,9 +135,11 @@ def prepare_librispeech(corpus_dir: str | Path, out_dir: str | Path, subsets: Se
         if missing:
             raise W2vtkError(f"{base}: no subset {', '.join(missing)}; found {', '.join(available)}")
     chosen = list(subsets) if subsets else available
-    plans = [SubsetPlan(name, base / name, read_chapters(base / name, base / name)) for name in chosen]
     train = [name for name in chosen if name.startswith("train")]
     if not train:
         log.warning("no training subset (train*) among %s: %s not written", ", ".join(chosen), LETTER_DICT)
     dicts = {LETTER_DICT: ("ltr", train)} if train else {}
-    return build_manifests(out_dir, plans, dicts, jobs=jobs, skip_bad=skip_bad)
+    with HeaderReader(jobs) as headers:
+        plans = [SubsetPlan(name, base / name, read_chapters(base / name, base / name, headers.submit))
+                 for name in chosen]
+        return build_manifests(out_dir, plans, dicts, skip_bad=skip_bad, headers=headers)
