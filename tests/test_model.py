@@ -145,6 +145,37 @@ def test_inference_paths_of_the_cnn_equal_its_training_path(style, waveforms):
     torch.testing.assert_close(fast, slow.detach(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("mode,bias,lengths", [("group_norm", False, [16000, 16000]),
+                                               ("group_norm", False, [12345, 7001]),
+                                               ("layer_norm", True, [8000, 5555]), ("group_norm", False, [400, 400])])
+def test_cnn_in_phase_planes_equals_the_time_ordered_layers(mode, bias, lengths):
+    """At inference on a CPU the CNN runs with its frames in bit-reversed phase planes: the features
+    and lengths of the layers run one by one in time order, for frame counts that are not a multiple
+    of the planes (down to one output frame) and with padding; a layout it does not cover runs the
+    time-ordered path."""
+    from w2vtk.model import phase_planes
+    from w2vtk.model.encoder import FeatureExtractor
+
+    layers = [[16, 10, 5]] + [[16, 3, 2]] * 4 + [[16, 2, 2]] * 2
+    torch.manual_seed(0)
+    cnn = FeatureExtractor(layers, mode, bias).eval()
+    with torch.no_grad():
+        for p in cnn.parameters():  # norms away from identity, biases away from 0
+            p.add_(torch.randn_like(p) * 0.1)
+    lengths = torch.tensor(lengths)
+    wav = torch.randn(len(lengths), int(lengths.max()))
+    with torch.inference_mode():
+        assert phase_planes.applies(cnn.conv_layers, wav)
+        feats, frames = cnn(wav, lengths)
+        ref, ref_frames = wav, lengths
+        for block in cnn.conv_layers:
+            ref, ref_frames = block(ref, ref_frames)
+    assert torch.equal(frames, ref_frames)
+    torch.testing.assert_close(feats, ref, rtol=1e-5, atol=1e-5)
+    assert not phase_planes.applies(FeatureExtractor(layers[:-1], mode, bias).conv_layers, wav)  # kernel 3 last
+    assert not phase_planes.applies(cnn.conv_layers, wav[:, :300])  # no output frame
+
+
 @pytest.mark.parametrize("kernel,stride,frames,channels", [
     (3, 2, 41, 512), (3, 2, 44, 512), (3, 2, 5, 512), (3, 2, 4, 512), (3, 2, 41, 8),
     (2, 2, 41, 8), (10, 5, 41, 8), (4, 1, 41, 8), (2, 3, 41, 8)])
@@ -316,6 +347,30 @@ def test_linear_equals_f_linear_with_its_gradients(activation, with_bias):
         assert linear(x, weight, bias).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="activation"):
         linear(x, weight, bias, "relu")
+
+
+def test_linear_adds_a_tensor_fused_at_inference_and_as_a_pass_in_training():
+    """linear(..., add=t) is F.linear + t: fused into oneDNN's product where nothing needs gradients
+    (and counted as the product's FLOPs), an addition after it where something does."""
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from w2vtk.model.linear import linear
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 12, 5).transpose(1, 2)  # (batch, frame, in), not contiguous
+    weight, bias, add = torch.randn(9, 12), torch.randn(9), torch.randn(3, 5, 9)
+    ref = F.linear(x, weight, bias) + add
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        torch.testing.assert_close(linear(x, weight, bias, add=add), ref, rtol=1e-5, atol=1e-5)
+    assert counter.get_total_flops() == 2 * 3 * 5 * 12 * 9
+    add.requires_grad_()
+    ours = linear(x, weight, None, add=add)
+    (grad,) = torch.autograd.grad(ours.sum(), add)
+    torch.testing.assert_close(ours, F.linear(x, weight) + add, rtol=1e-5, atol=1e-5)
+    assert torch.equal(grad, torch.ones_like(add))
+    with pytest.raises(ValueError, match="not both"):
+        linear(x, weight, bias, "gelu", add=add)
 
 
 @pytest.mark.parametrize("padded", [False, True])

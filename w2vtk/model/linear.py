@@ -23,10 +23,10 @@ _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_l
 
 if _ONEDNN and torch.ops.mkldnn._linear_pointwise not in flop_registry:  # once, unless torch counts it
     @register_flop_formula(torch.ops.mkldnn._linear_pointwise)
-    def _inner_product_flops(x_shape, w_shape, *_, out_shape=None, **__) -> int:
-        """What FlopCounterMode counts for oneDNN's product, as for the mm it replaces (torch counts
-        nothing for it)."""
-        return 2 * math.prod(x_shape[:-1]) * w_shape[0] * w_shape[1]
+    def _inner_product_flops(x_shape, *_, out_shape=None, **__) -> int:
+        """What FlopCounterMode counts for oneDNN's product, with or without the fused addition, as
+        for the mm it replaces (torch counts nothing for it): x (..., in) -> (..., out)."""
+        return 2 * math.prod(x_shape) * out_shape[-1]
 
 
 def needs_grad(*tensors: Tensor | None) -> bool:
@@ -81,12 +81,20 @@ class _OneDnnLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_bias
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str = "none") -> Tensor:
-    """F.linear(x, weight, bias), by oneDNN where it applies, and `activation="gelu"` applies GELU to
-    the result: fused into the product, or in place, where nothing needs gradients.
-    x: (..., in); weight: (out, in); bias: (out,) or None. Returns (..., out)."""
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str = "none",
+           add: Tensor | None = None) -> Tensor:
+    """F.linear(x, weight, bias), by oneDNN where it applies; `activation="gelu"` applies GELU to the
+    result, `add` adds a tensor of the result's shape to it: either fused into the product where
+    nothing needs gradients, else as a second pass (GELU in place where it can).
+    x: (..., in); weight: (out, in); bias: (out,) or None; add: (..., out) or None. Returns (..., out)."""
     if activation not in ("none", "gelu"):
         raise ValueError(f"activation must be 'none' or 'gelu', not {activation!r}")
+    if add is not None:
+        if activation != "none":
+            raise ValueError("linear() fuses either an activation or an addition, not both")
+        if _onednn_applies(x, weight) and not needs_grad(x, weight, bias, add):
+            return torch.ops.mkldnn._linear_pointwise.binary(x, add, weight, bias, "add")
+        return linear(x, weight, bias) + add
     if _onednn_applies(x, weight):
         if not needs_grad(x, weight, bias):
             return _inner_product(x, weight, bias, activation)
