@@ -135,11 +135,11 @@ def prepare_librispeech(corpus_dir: str | Path, out_dir: str | Path, subsets: Se
         if missing:
             raise W2vtkError(f"{base}: no subset {', '.join(missing)}; found {', '.join(available)}")
     chosen = list(subsets) if subsets else available
-    train = [name for name in chosen if name.startswith("train")]
-    if not train:
-        log.warning("no training subset (train*) among %s: %s not written", ", ".join(chosen), LETTER_DICT)
-    dicts = {LETTER_DICT: ("ltr", train)} if train else {}
     with HeaderReader(jobs) as headers:
         plans = [SubsetPlan(name, base / name, read_chapters(base / name, base / name, headers.submit))
                  for name in chosen]
+        train = [name for name in chosen if name.startswith("train")]
+        if not train:
+            log.warning("no training subset (train*) among %s: %s not written", ", ".join(chosen), LETTER_DICT)
+        dicts = {LETTER_DICT: ("ltr", train)} if train else {}
         return build_manifests(out_dir, plans, dicts, skip_bad=skip_bad, headers=headers)
