@@ -147,12 +147,13 @@ def test_inference_paths_of_the_cnn_equal_its_training_path(style, waveforms):
 
 @pytest.mark.parametrize("mode,bias,lengths", [("group_norm", False, [16000, 16000]),
                                                ("group_norm", False, [12345, 7001]),
-                                               ("layer_norm", True, [8000, 5555]), ("group_norm", False, [400, 400])])
+                                               ("layer_norm", True, [8000, 5555]), ("group_norm", False, [400, 400]),
+                                               ("group_norm", False, [170000, 160005, 9000])])
 def test_cnn_in_phase_planes_equals_the_time_ordered_layers(mode, bias, lengths):
     """At inference on a CPU the CNN runs with its frames in bit-reversed phase planes: the features
     and lengths of the layers run one by one in time order, for frame counts that are not a multiple
-    of the planes (down to one output frame) and with padding; a layout it does not cover runs the
-    time-ordered path."""
+    of the planes (down to one output frame), with padding and in groups of about 10 s; a layout it
+    does not cover runs the time-ordered path."""
     from w2vtk.model import phase_planes
     from w2vtk.model.encoder import FeatureExtractor
 

