@@ -103,7 +103,7 @@ class HeaderReader:
     `results` reads them in this process.
     """
 
-    BATCH = 128  # paths per task: a task costs a pickled round trip, about as much as 5-10 headers
+    BATCH = 128  # paths per task: smaller ones cost more round trips, larger ones start the workers later
 
     def __init__(self, jobs: int = 1, desc: str = "audio headers"):
         self.jobs, self.desc = jobs, desc
