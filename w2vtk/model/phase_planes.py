@@ -2,16 +2,16 @@
 contiguous rows.
 
 After the first layer, the paper's CNN has only stride-2 layers: kernel 3 (layers 2-5) and kernel
-2 (layers 6-7). A stride-2 layer reads its input's even and odd frames, and with Winograd's
-minimal filtering over output pairs (see `_Kernel3Stride2Conv` in w2vtk.model.encoder) frames 4s,
-4s+1, 4s+2, 4s+3 apart. Kept in time order, those are strided rows, which the GEMMs read at
-120-160 GFLOP/s on an AMD EPYC where contiguous rows run at 180-210, and whose results have to be
-interleaved back. Here the first layer writes frame 2^D q + r of each utterance to row q of plane
-bitrev(r) instead (D = the number of stride-2 layers, r < 2^D, bits of r reversed): the even
-frames are then the first half of the planes and the odd ones the second, and so on down, so
-every operand of every later layer is a run of whole planes, and each layer's two outputs (its
-even and odd frames) are already the two halves the next layer reads. After the last layer one
-plane remains, in time order.
+2 (layers 6-7). A stride-2 layer reads its input's even and odd frames as separate operands, and
+with Winograd's minimal filtering over output pairs (see `_Kernel3Stride2Conv` in
+w2vtk.model.encoder) frames 4s, 4s+1, 4s+2 and 4s+3. Kept in time order, those are strided rows,
+which the GEMMs read at 120-160 GFLOP/s on an AMD EPYC where contiguous rows run at 180-210, and
+whose results have to be interleaved back. Here the first layer writes frame 2^D q + r of each
+utterance to row q of plane bitrev(r) instead (D = the number of stride-2 layers, r < 2^D, bits of
+r reversed): the even frames are then the first half of the planes and the odd ones the second,
+and so on down, so every operand of every later layer is a run of whole planes, and each layer's
+two outputs (its even and odd frames) are already the two halves the next layer reads. After the
+last layer one plane remains, in time order.
 
 The first layer's frames are padded to a multiple of 2^D (repeating its last window); the padded
 frames only reach outputs past the last valid one of each layer, which are dropped at the end, so
@@ -90,7 +90,7 @@ def _group_features(blocks: nn.ModuleList, wav: Tensor, lengths: Tensor | None) 
         if block.kernel == 3:
             even, odd = _kernel3(block, even, odd)
         else:
-            y = _activated(block, linear(odd, _tap(block, 1), None, add=linear(even, _tap(block, 0), block.conv.bias)))
+            y = _activated(block, linear(odd, _tap(block, 1), add=linear(even, _tap(block, 0), block.conv.bias)))
             if i == depth - 1:  # one plane left, in time order
                 return y[0, :, :_output_frames(wav.shape[1], blocks)].contiguous()
             even, odd = y[:y.shape[0] // 2], y[y.shape[0] // 2:]
@@ -127,7 +127,7 @@ def _kernel3(block: nn.Module, even: Tensor, odd: Tensor) -> tuple[Tensor, Tenso
     """A kernel-3, stride-2 layer on its input's even and odd planes (each (plane, batch, row, in),
     at least two planes) -> its output's even and odd planes, (plane / 2, batch, row, out) each.
 
-    With x4 = input frames 4s + j (planes of even: j = 0 then 2; of odd: 1 then 3) and
+    With xj[s] = input frame 4s + j (the halves of even: j = 0 then 2; of odd: 1 then 3) and
     W = (W0, W1, W2), as in `_Kernel3Stride2Conv`:
         y[2s]   = W0 (x0[s] - x2[s])   + (W0 + W2) x2[s] + W1 x1[s]
         y[2s+1] = W2 (x0[s+1] - x2[s]) + (W0 + W2) x2[s] + W1 x3[s]
