@@ -94,7 +94,8 @@ def alternate(specs: dict[str, dict], threads: int, warmup: int, reps: int, flop
     about 5 % slower than after one of its own. With a `probe`, the GEMM peak is measured again
     after each idle time, right before the repetition, and kept with it: on a shared machine the
     peak can halve for a minute (104-198 GFLOP/s within one benchmark here), so a fraction of the
-    peak is only meaningful against a peak taken under the same conditions. Returns each side's times, peak RSS and, if asked, FLOPs."""
+    peak is only meaningful against a peak taken under the same conditions. Returns each side's
+    times, peak RSS and, if asked, FLOPs."""
     workers: dict[str, Worker] = {}
     results = {side: SideResult() for side in specs}
     try:

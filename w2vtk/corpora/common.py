@@ -105,8 +105,8 @@ class HeaderReader:
 
     BATCH = 128  # paths per task: smaller ones cost more round trips, larger ones start the workers later
 
-    def __init__(self, jobs: int = 1, desc: str = "audio headers"):
-        self.jobs, self.desc = jobs, desc
+    def __init__(self, jobs: int = 1):
+        self.jobs = jobs
         self._seen: set[str] = set()
         self._pending: list[str] = []
         self._tasks: list[tuple[list[str], Future]] = []
@@ -145,7 +145,7 @@ class HeaderReader:
             self._send()
         found: dict[str, tuple[int | None, str | None]] = {}
         total = sum(len(batch) for batch, _ in self._tasks) + len(self._pending)
-        with tqdm(total=total, desc=self.desc, unit="file", disable=None, leave=False) as bar:
+        with tqdm(total=total, desc="audio headers", unit="file", disable=None, leave=False) as bar:
             for batch, task in self._tasks:
                 found.update(zip(batch, task.result()))
                 bar.update(len(batch))
