@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything w2vtk needs on a fresh Debian machine, idempotently:
-#   - Debian packages: espeak-ng, sox, sctk, cmake, boost (for KenLM's lmplz/build_binary);
+#   - Debian packages: espeak-ng, sox, sctk, bible-kjv and dict-devil (public-domain texts for the
+#     synthetic corpora), cmake, boost (for KenLM's lmplz/build_binary);
 #   - a Python environment with the pinned requirements, cached outside the clone under
 #     $W2VTK_CACHE (default ~/.cache/w2vtk), keyed by a hash of requirements.txt and this script;
 #   - KenLM's lmplz and build_binary, built from the kenlm source package into that environment;
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 log() { printf '%s [setup] %s\n' "$(date '+%F %T')" "$*" >&2; }
 
-apt_pkgs=(espeak-ng sox sctk cmake g++ zlib1g-dev libbz2-dev liblzma-dev
+apt_pkgs=(espeak-ng sox sctk bible-kjv dict-devil cmake g++ zlib1g-dev libbz2-dev liblzma-dev
           libboost-program-options-dev libboost-system-dev libboost-thread-dev libboost-test-dev)
 missing=()
 for p in "${apt_pkgs[@]}"; do

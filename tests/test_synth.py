@@ -14,7 +14,8 @@ from w2vtk.cli import main
 from w2vtk.corpora.timit import CORE_TEST_SPEAKERS, DEV_SPEAKERS
 from w2vtk.errors import W2vtkError
 from w2vtk.synth import synth_librispeech, synth_timit
-from w2vtk.synth.common import load_sentences
+from w2vtk.synth.common import RecordingStyle, VoiceStyle, load_sentences
+from w2vtk.synth.texts import load_source, oov_rate, split_sentences
 from w2vtk.synth.espeak import ACCENTS, SynthError, check_tools, phonemize
 from w2vtk.synth.timit import SA_SENTENCES, TRAIN_SPEAKERS
 from w2vtk.synth.timit_phones import align, assign_words, ipa_to_timit, with_closures
@@ -99,8 +100,7 @@ def test_missing_tools_are_named(monkeypatch, tmp_path):
 def test_librispeech_layout(synth_librispeech):
     base = synth_librispeech / "LibriSpeech"
     assert sorted(p.name for p in base.iterdir()) == ["SPEAKERS.TXT", "dev-clean", "test-clean", "train-clean-100"]
-    speakers = {}
-    sentences = {normalize_sentence(s) for s in load_sentences()}
+    speakers, read = {}, {}
     for subset, minutes in (("train-clean-100", 1.5), ("dev-clean", 0.5), ("test-clean", 0.5)):
         seconds = 0.0
         flacs = sorted((base / subset).rglob("*.flac"))
@@ -119,7 +119,7 @@ def test_librispeech_layout(synth_librispeech):
             assert lines == sorted(lines)
             for line in lines:
                 utt, text = line.split(" ", 1)
-                assert text in sentences
+                read.setdefault(subset, set()).add(text)
                 utts.add(utt)
         assert utts == {f.stem for f in flacs}
         speakers[subset] = {f.parent.parent.name for f in flacs}
@@ -127,8 +127,62 @@ def test_librispeech_layout(synth_librispeech):
     assert not speakers["dev-clean"] & speakers["test-clean"]
     listed = {line.split("|")[0].strip() for line in (base / "SPEAKERS.TXT").read_text().splitlines()[1:]}
     assert listed == set().union(*speakers.values())
-    lm = (synth_librispeech / "lm-text.txt").read_text().splitlines()
-    assert lm == [normalize_sentence(s) for s in load_sentences()]
+    # Dev and test read sentences that neither training nor the LM text holds.
+    lm = set((synth_librispeech / "lm-text.txt").read_text().splitlines())
+    harvard = {normalize_sentence(s) for s in load_sentences()}
+    assert read["train-clean-100"] <= lm <= harvard
+    assert not (read["dev-clean"] | read["test-clean"]) & (lm | read["train-clean-100"])
+    assert not read["dev-clean"] & read["test-clean"]
+    assert len(lm) == len(harvard) - 2 * 100
+
+
+def test_sentence_sources_are_split_disjointly():
+    split = split_sentences(["harvard", "devil"], 50, seed=3)
+    assert len(split.dev) == len(split.test) == 50
+    norm = lambda xs: {normalize_sentence(x) for x in xs}  # noqa: E731
+    assert not norm(split.dev) & norm(split.test) and not (norm(split.dev) | norm(split.test)) & norm(split.train)
+    assert split == split_sentences(["harvard", "devil"], 50, seed=3)
+    assert split.dev != split_sentences(["harvard", "devil"], 50, seed=4).dev
+    assert all(4 <= len(normalize_sentence(x).split()) <= 20 for x in split.train)
+
+
+@pytest.mark.parametrize("source, at_least", [("harvard", 700), ("kjv", 30000), ("devil", 1500)])
+def test_sentence_sources_read_plain_words(source, at_least):
+    sentences = load_source(source)
+    assert len(sentences) >= at_least
+    assert all(re.fullmatch(r"[A-Z' ]+", normalize_sentence(s)) for s in sentences)
+
+
+def test_a_text_file_as_source(tmp_path):
+    prose = tmp_path / "prose.txt"
+    prose.write_text("The cat sat on the mat today. It was warm; the sun shone on the old mat!\n"
+                     "Numbers like 42 are left out of it. Short one.\n")
+    assert load_source(str(prose)) == ["The cat sat on the mat today.", "the sun shone on the old mat!"]
+    with pytest.raises(W2vtkError, match="nosuch"):
+        load_source(str(tmp_path / "nosuch"))
+
+
+def test_oov_rate():
+    assert oov_rate(["A B C", "A D"], {"A", "B"}) == pytest.approx(40.0)
+
+
+def test_recording_and_voice_styles(tmp_path):
+    out = tmp_path / "styled"
+    summary = synth_librispeech(out, train_minutes=0.2, dev_minutes=0.1, test_minutes=0.1, speakers=2,
+                                eval_speakers=1, seed=2, jobs=2, voices=VoiceStyle(variants=("klatt", "Annie")),
+                                recording=RecordingStyle(gain_db=(-12.0, -12.0), snr_db=(20.0, 20.0), bits=8))
+    voices = [line.split("espeak-ng ")[1].split()[0] for line in
+              (out / "LibriSpeech" / "SPEAKERS.TXT").read_text().splitlines()[1:]]
+    assert {v.split("+")[1] for v in voices} == {"klatt", "Annie"}
+    assert set(summary.oov) == {"dev-clean", "test-clean"} and "out-of-vocabulary" in summary.table()
+    wav, _ = sf.read(next(out.rglob("*.flac")), dtype="float32")
+    levels = wav * 128  # 8-bit samples: multiples of 1/128
+    assert np.allclose(levels, np.round(levels)) and len(np.unique(levels)) > 20
+    assert np.abs(wav).max() < 10 ** (-12 / 20) * 1.2  # 12 dB down from espeak-ng's full scale
+    # The noise floor fills the pauses: no run of digital silence.
+    assert (wav[:1600] != 0).mean() > 0.5
+    with pytest.raises(W2vtkError, match="--bits"):
+        RecordingStyle(bits=2)
 
 
 def test_librispeech_is_deterministic_and_rerun_leaves_no_stale_files(tmp_path):

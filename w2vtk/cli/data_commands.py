@@ -106,12 +106,36 @@ def prepare_audio_cmd(ctx: click.Context, audio_dir: Path, out_dir: Path, ext: s
                                         skip_bad=skip_bad))
 
 
+class _Range(click.ParamType):
+    """LOW:HIGH (or one number for both) -> (low, high)."""
+
+    name = "low:high"
+
+    def __init__(self, kind: type = float):
+        self.kind = kind
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            parts = [self.kind(p) for p in str(value).split(":")]
+        except ValueError:
+            parts = []
+        if len(parts) not in (1, 2) or parts[0] > parts[-1]:
+            self.fail(f"{value!r}: give LOW:HIGH with LOW <= HIGH, e.g. 2:10", param, ctx)
+        return parts[0], parts[-1]
+
+
+def _names(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
 @click.group()
 def synth() -> None:
     """Synthesize small corpora with espeak-ng, in the exact layout of the real ones.
 
-    The text is the Harvard sentences (IEEE 1969); speakers are espeak-ng accents and voice
-    variants with their own pitch and speed. Output is identical for the same options and --seed.
+    Speakers are espeak-ng accents and voice variants with their own pitch and speed. Output is
+    identical for the same options and --seed.
     """
 
 
@@ -133,22 +157,58 @@ def synth() -> None:
               help="Speakers in each dev/test subset, none of them in train-clean-100.")
 @click.option("--other", is_flag=True,
               help="Also write dev-other and test-other: other speakers, added noise, wider pitch/speed jitter.")
+@click.option("--text", "sources", default="harvard", show_default=True,
+              help="Comma-separated sentence sources: harvard (the Harvard sentences, shipped), kjv (the King "
+                   "James Bible, Debian's bible-kjv), devil (The Devil's Dictionary, Debian's dict-devil), or a "
+                   "text file's path (one sentence per line, or prose). Pooled, then split.")
+@click.option("--eval-sentences", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Sentences set aside for dev and as many for test; training and the LM text never use them.")
+@click.option("--words", type=_Range(int), default="4:20", show_default=True,
+              help="Words per sentence read (sentences outside the range are not used).")
+@click.option("--accents", default=None,
+              help="Comma-separated espeak-ng English voices (default: en-us, en, en-gb-x-rp, en-gb-scotland, "
+                   "en-029, en-gb-x-gbclan, en-gb-x-gbcwmd, en-us-nyc).")
+@click.option("--variants", default=None,
+              help="Comma-separated espeak-ng voice variants (default: m1-m7, f1-f4). Others for unseen voices: "
+                   "klatt, Andy, Gene, john, Annie, anika, belinda, linda, ... (espeak-ng --voices=variant).")
+@click.option("--pitch", type=_Range(int), default="35:65", show_default=True,
+              help="Range of each speaker's espeak-ng pitch (0-99).")
+@click.option("--speed", type=_Range(int), default="145:180", show_default=True,
+              help="Range of each speaker's speaking rate, words per minute.")
+@click.option("--gain-db", type=_Range(), default="0:0", show_default=True,
+              help="Range of each utterance's gain in dB.")
+@click.option("--snr-db", type=_Range(), default=None,
+              help="A white-noise floor in every subset, at an SNR (dB) drawn per utterance from this range. "
+                   "Default: none (the -other subsets get 15:25 regardless).")
+@click.option("--bits", type=click.IntRange(4, 16), default=16, show_default=True,
+              help="Sample depth the audio is quantised to (written as 16-bit FLAC).")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=DEFAULT_JOBS, show_default=True,
               help="espeak-ng/sox processes running at once.")
 @click.pass_context
 def synth_librispeech_cmd(ctx: click.Context, out_dir: Path, train_minutes: float, librilight_minutes: float,
                           dev_minutes: float, test_minutes: float, speakers: int, eval_speakers: int, other: bool,
+                          sources: str, eval_sentences: int, words: tuple[int, int], accents: str | None,
+                          variants: str | None, pitch: tuple[int, int], speed: tuple[int, int],
+                          gain_db: tuple[float, float], snr_db: tuple[float, float] | None, bits: int,
                           jobs: int) -> None:
     """Write OUT_DIR/LibriSpeech/<subset>/<speaker>/<chapter>/*.flac + *.trans.txt, and
-    OUT_DIR/lm-text.txt (the normalised sentence list, for training an n-gram LM).
+    OUT_DIR/lm-text.txt (the normalised training sentences, for an n-gram LM; dev and test
+    sentences are left out, as LibriSpeech's LM text leaves out its dev and test books).
 
     Then: w2vtk prepare librispeech OUT_DIR DATA_DIR
     """
     from w2vtk.synth import synth_librispeech
+    from w2vtk.synth.common import RecordingStyle, VoiceStyle
 
     seed = (ctx.obj or {}).get("seed", 1)
+    voices = VoiceStyle(pitch=pitch, speed=speed,
+                        **({"accents": _names(accents)} if accents else {}),
+                        **({"variants": _names(variants)} if variants else {}))
+    recording = RecordingStyle(gain_db=gain_db, snr_db=snr_db, bits=bits)
     click.echo(synth_librispeech(out_dir, train_minutes, dev_minutes, test_minutes, speakers, eval_speakers,
-                                 other, seed=seed, jobs=jobs, librilight_minutes=librilight_minutes).table())
+                                 other, seed=seed, jobs=jobs, librilight_minutes=librilight_minutes,
+                                 sources=_names(sources), eval_sentences=eval_sentences, words=words,
+                                 voices=voices, recording=recording).table())
 
 
 @synth.command("timit")

@@ -17,6 +17,15 @@ from w2vtk.errors import W2vtkError
 ACCENTS = ["en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-gb-x-gbclan",
            "en-gb-x-gbcwmd", "en-us-nyc"]
 VARIANTS = {"M": [f"m{i}" for i in range(1, 8)], "F": [f"f{i}" for i in range(1, 5)]}
+# Variants the default speakers never use, for corpora of unseen voices (`synth --variants`).
+OTHER_VARIANTS = {"M": ["klatt", "klatt3", "Andy", "Gene", "ed", "john", "max", "paul", "rob", "travis", "zac",
+                        "adam", "m8"],
+                  "F": ["Annie", "anika", "belinda", "linda", "Alicia", "Andrea", "aunty", "shelby", "steph", "f5"]}
+
+
+def variant_gender(variant: str) -> str:
+    """"M" or "F" for a variant listed above; other espeak-ng variants count as "M"."""
+    return "F" if variant in VARIANTS["F"] or variant in OTHER_VARIANTS["F"] else "M"
 
 
 class SynthError(W2vtkError):
