@@ -188,7 +188,7 @@ need_files() {
 # ---------------------------------------------------------------- pretraining (both recipes' stage 3)
 # pretrain_stage N TRAIN_SUBSET VALID_SUBSET DESCRIPTION
 #   Stage N: `w2vtk pretrain` with $pretrain_conf on the manifests in $manifests into $pretrain_dir, with
-#   the recipe's $pretrain_updates and `pretrain_overrides` array; skipped when the recipe's $init names
+#   the recipe's $pretrain_updates, `pretrain_overrides` array and $seed (default 1); skipped when the recipe's $init names
 #   a model to fine-tune instead. Sets init_ckpt (the checkpoint fine-tuning starts from) and init_id
 #   (its stamp, for the fine-tuning stage's signature).
 pretrain_stage() {
@@ -200,9 +200,10 @@ pretrain_stage() {
     return 0
   fi
   stage_selected "$n" && need_done "$manifests" "stage 1's manifests"
-  sig="conf=$pretrain_conf"$'\n'"updates=$pretrain_updates"$'\n'"args=$pretrain_args"$'\n'"data=$(stamp "$manifests")"
+  sig="conf=$pretrain_conf"$'\n'"updates=$pretrain_updates"$'\n'"args=$pretrain_args"$'\n'"seed=${seed:-1}"
+  sig+=$'\n'"data=$(stamp "$manifests")"
   if begin_stage "$n" "pretrain ($conf) on $what" "$pretrain_dir" "$sig" resumable; then
-    w2vtk pretrain --config "$pretrain_conf" --data "$manifests" --train-subset "$train_subset" \
+    w2vtk --seed "${seed:-1}" pretrain --config "$pretrain_conf" --data "$manifests" --train-subset "$train_subset" \
       --valid-subset "$valid_subset" --exp-dir "$pretrain_dir" ${pretrain_updates:+--max-updates "$pretrain_updates"} \
       ${pretrain_overrides[@]+"${pretrain_overrides[@]}"}
     need_files "$pretrain_dir/checkpoints/best.pt" "$pretrain_dir/checkpoints/last.pt" "$pretrain_dir/log.jsonl"

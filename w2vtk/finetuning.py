@@ -4,7 +4,8 @@ The CNN stays frozen throughout when feature_grad_mult is 0, as in the paper; a 
 model trained from random weights) lets it learn with that gradient scale. For the first
 `freeze_finetune_updates` the Transformer is frozen too and only the CTC head learns. Time masks
 (mask_prob, as in pretraining) and channel masks continue during fine-tuning. The loss is CTC with the blank at index 0,
-summed over utterances with `zero_infinity` and normalised by the number of target tokens.
+summed over utterances with `zero_infinity` and normalised by the number of utterances, as fairseq's
+`sentence_avg: true`; the logged `loss` is per target token.
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ class FinetuneObjective:
         loss = F.ctc_loss(lprobs, batch.targets, lengths, batch.target_lengths, blank=0, reduction="sum",
                           zero_infinity=True)
         tokens = int(batch.target_lengths.sum())
-        return StepResult(loss, tokens, {"loss": loss.item() / max(tokens, 1), "tokens": tokens})
+        return StepResult(loss, b, {"loss": loss.item() / max(tokens, 1), "tokens": tokens})
 
     # -- validation: CTC loss and greedy error rate --------------------------------------------------
     def valid_step(self, batch: Batch) -> dict[str, float]:
@@ -77,18 +78,23 @@ class FinetuneObjective:
         loss = F.ctc_loss(lprobs, batch.targets, frame_lengths, batch.target_lengths, blank=0, reduction="sum",
                           zero_infinity=True)
         counts = ErrorCounts()
+        emitted = 0
         scores = logits.float().cpu().numpy()
         refs = _split(batch.targets, batch.target_lengths)
         for i, ref in enumerate(refs):
             frames = scores[i] if frame_lengths is None else scores[i, : int(frame_lengths[i])]
             hyp = greedy_ids(frames)
+            emitted += len(hyp)
             counts = counts + align(self.vocab.to_words(ref), self.vocab.to_words(hyp)).counts
-        return {"loss_sum": float(loss), "tokens": float(batch.target_lengths.sum()),
+        return {"loss_sum": float(loss), "tokens": float(batch.target_lengths.sum()), "emitted": float(emitted),
                 "errors": float(counts.errors), "ref_words": float(counts.ref_tokens)}
 
     def valid_summary(self, sums: dict[str, float]) -> dict[str, float]:
-        return {"loss": sums["loss_sum"] / max(sums["tokens"], 1.0),
-                self.best_metric: 100.0 * sums["errors"] / max(sums["ref_words"], 1.0)}
+        """loss per target token; the error rate; emitted: greedy output tokens per reference token (0
+        while the model outputs only blanks)."""
+        tokens = max(sums["tokens"], 1.0)
+        return {"loss": sums["loss_sum"] / tokens, self.best_metric: 100.0 * sums["errors"] / max(sums["ref_words"], 1.0),
+                "emitted": sums["emitted"] / tokens}
 
 
 def _split(flat: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:

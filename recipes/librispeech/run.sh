@@ -49,6 +49,7 @@
 #                         by `w2vtk synth` (its SPEAKERS.TXT names espeak-ng voices) (default auto)
 #   --pretrain-updates N  pretraining updates (default: the config's optim.max_updates)
 #   --finetune-updates N  fine-tuning updates (default: the config's)
+#   --seed N              seed of pretraining and fine-tuning: initialisation, masks, batches (default 1)
 #   --pretrain-args STR   extra `section.key=value` overrides for w2vtk pretrain, space-separated
 #   --finetune-args STR   extra overrides for w2vtk finetune, e.g. "optim.update_freq=4"
 #   --decoder NAME        LM beam search: flashlight (lexicon-based, the paper's) | pyctcdecode
@@ -86,7 +87,8 @@ decoder=flashlight
 beam=50
 tune_subset=""
 tune_trials=32
-options=(stage stop_stage nj conf data exp force corpus mirror librilight lm lm_words lm_text labelled init synthetic
+seed=1
+options=(stage stop_stage nj conf data exp force corpus mirror librilight lm lm_words lm_text labelled init synthetic seed
          pretrain_updates finetune_updates pretrain_args finetune_args decoder beam tune_subset tune_trials)
 
 recipe=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -98,6 +100,7 @@ case $conf in tiny|base|large) ;; *) die "--conf $conf: choose tiny, base or lar
 case $labelled in 10m|1h|10h|100h|960h) ;; *) die "--labelled $labelled: choose 10m, 1h, 10h, 100h or 960h" ;; esac
 case $synthetic in auto|true|false) ;; *) die "--synthetic $synthetic: choose auto, true or false" ;; esac
 case $decoder in pyctcdecode|flashlight) ;; *) die "--decoder $decoder: choose pyctcdecode or flashlight" ;; esac
+[[ $seed =~ ^[0-9]+$ ]] || die "--seed $seed: give a whole number"
 for n in pretrain_updates finetune_updates; do
   [[ -z ${!n} || ${!n} =~ ^[1-9][0-9]*$ ]] || die "--${n//_/-} ${!n}: give a positive number of updates"
 done
@@ -252,7 +255,7 @@ if stage_selected 4; then
     "needs it (Libri-light's splits come with --librilight; redo stage 1 with --force true)"
 fi
 sig="conf=$finetune_conf"$'\n'"labelled=$labelled_subset"$'\n'"models=${models[*]}"$'\n'"updates=$finetune_updates"
-sig+=$'\n'"args=$finetune_args"$'\n'"$init_id"$'\n'"data=$(stamp "$manifests")"
+sig+=$'\n'"args=$finetune_args"$'\n'"seed=$seed"$'\n'"$init_id"$'\n'"data=$(stamp "$manifests")"
 if begin_stage 4 "fine-tune on $labelled_subset (${models[*]})" "$finetune_dir" "$sig" resumable; then
   for model in "${models[@]}"; do
     from=()
@@ -261,7 +264,7 @@ if begin_stage 4 "fine-tune on $labelled_subset (${models[*]})" "$finetune_dir" 
     else
       from=(task.feature_grad_mult=1.0)  # from random weights the CNN must learn too
     fi
-    w2vtk finetune --config "$finetune_conf" --data "$manifests" --train-subset "$labelled_subset" \
+    w2vtk --seed "$seed" finetune --config "$finetune_conf" --data "$manifests" --train-subset "$labelled_subset" \
       --valid-subset "$(valid_subset)" --labels ltr --exp-dir "$finetune_dir/$model" \
       ${finetune_updates:+--max-updates "$finetune_updates"} "${from[@]}" \
       ${finetune_overrides[@]+"${finetune_overrides[@]}"}
