@@ -263,6 +263,8 @@ if begin_stage 4 "fine-tune on $labelled_subset (${models[*]})" "$finetune_dir" 
       from=(--init "$init_ckpt")
     else
       from=(task.feature_grad_mult=1.0)  # from random weights the CNN must learn too
+      # and the tiny model needs a higher LR than finetune_tiny.yaml's, which is for a pretrained start
+      [ "$conf" != tiny ] || from+=(optim.lr=2e-3)
     fi
     w2vtk --seed "$seed" finetune --config "$finetune_conf" --data "$manifests" --train-subset "$labelled_subset" \
       --valid-subset "$(valid_subset)" --labels ltr --exp-dir "$finetune_dir/$model" \
