@@ -143,7 +143,8 @@ def summarize_run(name: str, seed: int, exp_all: Path, exp_10m: Path | None) -> 
                 row[f"{labelled}_{model}_{decoding}"] = wer(exp, model, "test-clean", decoding)
         for decoding in ("greedy", "4gram"):
             pre, scr = row[f"{labelled}_pretrained_{decoding}"], row[f"{labelled}_scratch_{decoding}"]
-            row[f"{labelled}_relative_reduction_{decoding}"] = None if not pre or not scr else 100 * (scr - pre) / scr
+            row[f"{labelled}_relative_reduction_{decoding}"] = (None if pre is None or not scr
+                                                                else 100 * (scr - pre) / scr)
     return row
 
 
