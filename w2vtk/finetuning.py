@@ -68,7 +68,9 @@ class FinetuneObjective:
         loss = F.ctc_loss(lprobs, batch.targets, lengths, batch.target_lengths, blank=0, reduction="sum",
                           zero_infinity=True)
         tokens = int(batch.target_lengths.sum())
-        return StepResult(loss, tokens, {"loss": loss.item() / max(tokens, 1), "tokens": tokens})
+        infeasible = ctc_infeasible(_split(batch.targets, batch.target_lengths), lengths.tolist())
+        return StepResult(loss, tokens, {"loss": loss.item() / max(tokens, 1), "tokens": tokens,
+                                         "ctc_infeasible": infeasible / max(b, 1)})
 
     # -- validation: CTC loss and greedy error rate --------------------------------------------------
     def valid_step(self, batch: Batch) -> dict[str, float]:
@@ -79,16 +81,27 @@ class FinetuneObjective:
         counts = ErrorCounts()
         scores = logits.float().cpu().numpy()
         refs = _split(batch.targets, batch.target_lengths)
+        empty = 0
         for i, ref in enumerate(refs):
             frames = scores[i] if frame_lengths is None else scores[i, : int(frame_lengths[i])]
             hyp = greedy_ids(frames)
+            empty += len(hyp) == 0
             counts = counts + align(self.vocab.to_words(ref), self.vocab.to_words(hyp)).counts
         return {"loss_sum": float(loss), "tokens": float(batch.target_lengths.sum()),
-                "errors": float(counts.errors), "ref_words": float(counts.ref_tokens)}
+                "errors": float(counts.errors), "ref_words": float(counts.ref_tokens),
+                "empty": float(empty), "utterances": float(len(refs))}
 
     def valid_summary(self, sums: dict[str, float]) -> dict[str, float]:
+        """loss per token, the greedy error rate (%), and the share of utterances whose output is all blank."""
         return {"loss": sums["loss_sum"] / max(sums["tokens"], 1.0),
-                self.best_metric: 100.0 * sums["errors"] / max(sums["ref_words"], 1.0)}
+                self.best_metric: 100.0 * sums["errors"] / max(sums["ref_words"], 1.0),
+                "empty_output": sums.get("empty", 0.0) / max(sums.get("utterances", 0.0), 1.0)}
+
+
+def ctc_infeasible(targets: list[list[int]], frames: list[int]) -> int:
+    """How many targets CTC cannot align to their frames: a label sequence needs a frame per label plus
+    one blank between each pair of equal neighbours; those utterances' losses are infinite."""
+    return sum(len(t) + sum(a == b for a, b in zip(t, t[1:])) > n for t, n in zip(targets, frames))
 
 
 def _split(flat: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
