@@ -3,7 +3,9 @@
 The trainer writes one JSON object per logged update (`{"step": ..., "loss": ..., "lr": ...}`) and one
 per validation (`{"valid": true, "step": ..., ...}`). Pretraining and fine-tuning log different
 quantities, so each panel is drawn only when one of its keys was logged. Several runs (e.g. fine-tuning
-from scratch and from a pretrained model) can share one figure, one colour per run.
+from scratch and from a pretrained model) can share one figure, one colour per run. Where the run's
+config.yaml gives a quantity a healthy range (w2vtk.training.health), the panel shades it green; the
+log's `health` records are findings, not curve points.
 """
 from __future__ import annotations
 
