@@ -153,7 +153,7 @@ def test_collapse_is_warned_and_check_judges_the_run_unhealthy(prepared_librispe
     """No diversity penalty, a near-hard Gumbel softmax and a large LR: the codebook collapses."""
     exp = tmp_path / "exp"
     res = run(pretrain_cmd(prepared_librispeech, exp, "task.diversity_weight=0", "task.latent_temp=[0.05,0.05,1.0]",
-                           "optim.lr=0.5", "--save-interval", "100", updates=16))
+                           "optim.lr=0.5", "--save-interval", "100", updates=20))
     assert res.returncode == 0, res.stderr[-3000:]
     warnings = [line for line in res.stderr.splitlines() if "health |" in line]
     assert any("codebook collapse" in w and "task.diversity_weight" in w for w in warnings), res.stderr[-3000:]

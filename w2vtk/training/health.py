@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable
 # G x V, and at most this many codes per group in use. Healthy BASE runs sit at 3-4% of G x V (fairseq
 # logs: 17.9 of 640 at 1k updates, 26 of 640 at 22k), collapsed ones at about one code per group.
 COLLAPSE_FRACTION = 0.01
-COLLAPSE_CODES_PER_GROUP = 1.5
+COLLAPSE_CODES_PER_GROUP = 2.0
 # Accuracy "not above chance": below this multiple of 1 / (K + 1).
 CHANCE_MARGIN = 1.1
 # The tiny demo's accuracy leaves chance after about 100 updates; BASE's after a few hundred.
