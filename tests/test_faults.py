@@ -292,6 +292,47 @@ def test_second_finetune_into_a_busy_exp_dir_is_refused(prepared_librispeech, tm
         first.wait()
 
 
+def test_kill9_of_the_main_process_alone_then_an_immediate_rerun_resumes(prepared_librispeech, tmp_path):
+    """The OOM killer and `kill -9 PID` end the training process but not its DataLoader workers, which
+    linger for seconds: they must not hold the experiment lock, so a re-run right away resumes."""
+    import fcntl
+
+    exp = tmp_path / "exp"
+    log = tmp_path / "first.log"
+    first = start(pretrain_cmd(prepared_librispeech, exp, "data.num_workers=2", updates=100_000), log=log)
+    workers: list[int] = []
+    try:
+        assert wait_for(lambda: logged_steps(exp) >= 2, first), log.read_text()[-3000:]
+        workers = _children(first.pid)
+        assert workers, "no DataLoader worker to outlive the main process"
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=60)
+        alive = [w for w in workers if _alive(w)]
+        fd = os.open(exp / ".lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises BlockingIOError while a worker holds it
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        print(f"workers still alive when the lock was free: {alive}")
+        last = load_checkpoint(exp / "checkpoints" / "last.pt")["trainer"]["step"]
+        res = run(pretrain_cmd(prepared_librispeech, exp, "data.num_workers=2", updates=last + 1))
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert f"resumed from {exp / 'checkpoints' / 'last.pt'} at update {last} " in res.stderr
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 # ------------------------------------------------------------------------------------- torchrun
 
 def _free_port() -> int:

@@ -150,3 +150,31 @@ def test_cli_error_is_one_line(tmp_path):
     assert result.exit_code == 2
     assert result.output.startswith("error: ") and "log.jsonl: no such file" in result.output
     assert "Traceback" not in result.output
+
+
+def test_health_records_are_no_curve_points_and_healthy_ranges_are_shaded(pretrain_exp, monkeypatch):
+    """A `health` record logged at the same update as a training window leaves that window's values; with
+    the run's config.yaml the panels shade the healthy ranges."""
+    import yaml
+
+    from w2vtk.config import to_dict
+    from w2vtk.training.config import PretrainConfig
+
+    with open(pretrain_exp / "log.jsonl", "a") as f:
+        f.write(json.dumps({"health": "collapse", "step": 20, "since": 10, "symptom": "codebook collapse"}) + "\n")
+    assert read_training_log(pretrain_exp).train.series["loss"][1][-1] == pytest.approx(6.9 - 0.05 * 20)
+    assert read_training_log(pretrain_exp).healthy == {}  # no config.yaml: nothing to shade
+    cfg = to_dict(PretrainConfig())
+    cfg["optim"].update(max_updates=20, warmup_updates=2)
+    (pretrain_exp / "config.yaml").write_text(yaml.safe_dump(cfg))
+    run = read_training_log(pretrain_exp)
+    assert run.healthy["prob_perplexity"].low == pytest.approx(6.4) and run.healthy["prob_perplexity"].high == 640
+
+    import matplotlib.axes
+
+    shaded = []
+    real = matplotlib.axes.Axes.fill_between
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between",
+                        lambda ax, *a, **kw: shaded.append(ax.get_title() or kw.get("label")) or real(ax, *a, **kw))
+    plot_training([run], pretrain_exp / "out.png")
+    assert len(shaded) == 3  # the two perplexities and the gradient norm (accuracy: not before update 100)

@@ -269,11 +269,18 @@ def test_librispeech_results(librispeech_run):
         for subset in ("dev-clean", "test-clean"):
             for decoding in ("greedy", "4gram"):
                 wer = json.loads((exp / "decode" / model / subset / decoding / "wer.json").read_text())
-                assert data["results"][model][subset][decoding] == wer
+                entry = data["results"][model][subset][decoding]
+                assert {k: v for k, v in entry.items() if k != "ci95"} == wer
+                assert entry["ci95"][0] <= wer["wer"] <= entry["ci95"][1]
     row = next(line for line in md.splitlines() if line.startswith("| test-clean |"))
     cells = [c.strip() for c in row.strip("|").split("|")][1:]
-    assert cells == [f"{data['results'][m]['test-clean'][d]['wer']:.2f}"
+    results = data["results"]
+    assert cells == [f"{results[m]['test-clean'][d]['wer']:.2f} ({results[m]['test-clean'][d]['ci95'][0]:.2f}-"
+                     f"{results[m]['test-clean'][d]['ci95'][1]:.2f})"
                      for m in ("pretrained", "scratch") for d in ("greedy", "4gram")]
+    # greedy against 4-gram for each model, pretrained against scratch for each decoding, per subset
+    assert len(data["comparisons"]) == 8 and all(0 <= c["p_better"] <= 1 for c in data["comparisons"])
+    assert "better than" in md
     for png in ("plots/pretrain.png", "plots/finetune.png"):
         assert (exp / png).read_bytes()[:8] == PNG_MAGIC
         assert f"]({png})" in md

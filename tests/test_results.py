@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -105,3 +106,36 @@ def test_cli(exp, tmp_path):
     empty.mkdir()
     result = CliRunner().invoke(main, ["results", str(empty)])
     assert result.exit_code == 2 and result.output.startswith("error: ")
+
+
+def test_intervals_and_paired_probabilities_from_the_trn_files(tmp_path):
+    """ref.trn and hyp.trn beside wer.json (as `w2vtk decode` writes them) give each rate a 95% interval
+    over speaker blocks and each pair of columns that differ in one way the probability of improvement."""
+    from w2vtk.decode import write_scores
+
+    rng = np.random.default_rng(0)
+    ids = [f"{spk}-1-{u}" for spk in range(100, 112) for u in range(5)]
+    refs = [[f"w{int(x)}" for x in rng.integers(0, 50, 12)] for _ in ids]
+
+    def noisy(p: float) -> list[list[str]]:
+        return [[("x" if rng.random() < p else w) for w in r] for r in refs]
+
+    exp = tmp_path / "exp"
+    systems = {("pretrained", "greedy"): 0.2, ("pretrained", "4gram"): 0.1, ("scratch", "greedy"): 0.6}
+    for (model, decoding), p in systems.items():
+        out = exp / "decode" / model / "test-clean" / decoding
+        out.mkdir(parents=True)
+        write_scores(out, ids, refs, noisy(p), "wer")
+    md, js = write_results(exp)
+    data = json.loads(js.read_text())
+    for (model, decoding), p in systems.items():
+        s = data["results"][model]["test-clean"][decoding]
+        low, high = s["ci95"]
+        assert low < s["wer"] < high and high - low < 25, s
+    pairs = {(c["better"], c["worse"]): c["p_better"] for c in data["comparisons"]}
+    assert pairs.keys() == {("pretrained, 4gram", "pretrained, greedy"), ("pretrained, greedy", "scratch, greedy")}
+    assert all(p > 0.99 for p in pairs.values()), pairs
+    text = md.read_text()
+    ci = data["results"]["pretrained"]["test-clean"]["4gram"]["ci95"]
+    assert f"({ci[0]:.2f}-{ci[1]:.2f})" in text
+    assert "test-clean: pretrained, 4gram better than pretrained, greedy: p = " in text

@@ -87,15 +87,15 @@ def logged_steps(exp: Path) -> int:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if not rec.get("valid"):
+        if not rec.get("valid") and "health" not in rec:
             steps.append(rec["step"])
     return max(steps)
 
 
 def train_losses(exp: Path) -> dict[int, float]:
-    """{update: loss} of the training lines of EXP/log.jsonl."""
+    """{update: loss} of the training lines of EXP/log.jsonl (health findings left out)."""
     records = [json.loads(x) for x in (exp / "log.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in records if not r.get("valid")}
+    return {r["step"]: r["loss"] for r in records if not r.get("valid") and "health" not in r}
 
 
 def one_line_error(stderr: str) -> str:

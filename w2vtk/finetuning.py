@@ -69,7 +69,9 @@ class FinetuneObjective:
         loss = F.ctc_loss(lprobs, batch.targets, lengths, batch.target_lengths, blank=0, reduction="sum",
                           zero_infinity=True)
         tokens = int(batch.target_lengths.sum())
-        return StepResult(loss, b, {"loss": loss.item() / max(tokens, 1), "tokens": tokens})
+        infeasible = ctc_infeasible(_split(batch.targets, batch.target_lengths), lengths.tolist())
+        return StepResult(loss, b, {"loss": loss.item() / max(tokens, 1), "tokens": tokens,
+                                    "ctc_infeasible": infeasible / max(b, 1)})
 
     # -- validation: CTC loss and greedy error rate --------------------------------------------------
     def valid_step(self, batch: Batch) -> dict[str, float]:
@@ -78,23 +80,27 @@ class FinetuneObjective:
         loss = F.ctc_loss(lprobs, batch.targets, frame_lengths, batch.target_lengths, blank=0, reduction="sum",
                           zero_infinity=True)
         counts = ErrorCounts()
-        emitted = 0
+        emitted = empty = 0
         scores = logits.float().cpu().numpy()
         refs = _split(batch.targets, batch.target_lengths)
         for i, ref in enumerate(refs):
             frames = scores[i] if frame_lengths is None else scores[i, : int(frame_lengths[i])]
             hyp = greedy_ids(frames)
             emitted += len(hyp)
+            empty += len(hyp) == 0
             counts = counts + align(self.vocab.to_words(ref), self.vocab.to_words(hyp)).counts
         return {"loss_sum": float(loss), "tokens": float(batch.target_lengths.sum()), "emitted": float(emitted),
-                "errors": float(counts.errors), "ref_words": float(counts.ref_tokens)}
+                "errors": float(counts.errors), "ref_words": float(counts.ref_tokens),
+                "empty": float(empty), "utterances": float(len(refs))}
 
     def valid_summary(self, sums: dict[str, float]) -> dict[str, float]:
-        """loss per target token; the error rate; emitted: greedy output tokens per reference token (0
-        while the model outputs only blanks)."""
+        """loss per target token; the greedy error rate (%); emitted: greedy output tokens per reference
+        token (0 while the model outputs only blanks); empty_output: the share of utterances whose output
+        is all blank."""
         tokens = max(sums["tokens"], 1.0)
         return {"loss": sums["loss_sum"] / tokens, self.best_metric: 100.0 * sums["errors"] / max(sums["ref_words"], 1.0),
-                "emitted": sums["emitted"] / tokens}
+                "emitted": sums["emitted"] / tokens,
+                "empty_output": sums.get("empty", 0.0) / max(sums.get("utterances", 0.0), 1.0)}
 
 
 def _split(flat: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:

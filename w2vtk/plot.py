@@ -3,7 +3,9 @@
 The trainer writes one JSON object per logged update (`{"step": ..., "loss": ..., "lr": ...}`) and one
 per validation (`{"valid": true, "step": ..., ...}`). Pretraining and fine-tuning log different
 quantities, so each panel is drawn only when one of its keys was logged. Several runs (e.g. fine-tuning
-from scratch and from a pretrained model) can share one figure, one colour per run.
+from scratch and from a pretrained model) can share one figure, one colour per run. Where the run's
+config.yaml gives a quantity a healthy range (w2vtk.training.health), the panel shades it green; the
+log's `health` records are findings, not curve points.
 """
 from __future__ import annotations
 
@@ -54,11 +56,13 @@ class Curves:
 
 @dataclass
 class TrainingLog:
-    """The train and validation curves of one experiment folder; `name` labels it in legends."""
+    """The train and validation curves of one experiment folder; `name` labels it in legends; `healthy`
+    holds the healthy ranges of its quantities (from its config.yaml, see w2vtk.training.health)."""
 
     name: str
     train: Curves
     valid: Curves
+    healthy: dict = field(default_factory=dict)
 
     def keys(self) -> set[str]:
         return set(self.train.series) | set(self.valid.series)
@@ -79,6 +83,8 @@ def read_training_log(exp_dir: str | os.PathLike, name: str | None = None) -> Tr
         try:
             rec = json.loads(line)
             step = int(rec["step"])
+            if "health" in rec:  # a finding of the health rules, not a curve point
+                continue
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             if lineno == len(lines):
                 log.warning("%s:%d: skipping a torn last line", path, lineno)
@@ -95,7 +101,28 @@ def read_training_log(exp_dir: str | os.PathLike, name: str | None = None) -> Tr
                 continue
             if math.isfinite(value):
                 curves.add(step, key, float(value))
-    return TrainingLog(name or exp_dir.resolve().name, train, valid)
+    from w2vtk.training.health import healthy_ranges, run_facts
+
+    facts = run_facts(exp_dir)
+    return TrainingLog(name or exp_dir.resolve().name, train, valid, healthy_ranges(facts) if facts else {})
+
+
+def shade_healthy(ax, runs: Sequence[TrainingLog], keys: Sequence[str]) -> None:
+    """Shade the healthy range of the panel's quantities, where all runs that logged one agree on it."""
+    for key in keys:
+        ranges = {run.healthy[key] for run in runs if key in run.healthy}
+        if len(ranges) != 1:
+            continue
+        r = ranges.pop()
+        bottom, top = ax.get_ylim()
+        left, right = ax.get_xlim()
+        low = bottom if r.low is None else max(r.low, bottom)
+        high = top if r.high is None else min(r.high, top)
+        if low < high and r.start < right:
+            ax.fill_between([max(r.start, left), right], low, high, color="tab:green", alpha=0.08, linewidth=0,
+                            label=f"healthy {key}" if len(keys) > 1 else "healthy")
+        ax.set_ylim(bottom, top)
+        ax.set_xlim(left, right)
 
 
 def panels_for(runs: Sequence[TrainingLog]) -> list[tuple[str, list[str]]]:
@@ -138,6 +165,7 @@ def plot_training(runs: Sequence[TrainingLog], out: str | os.PathLike, title: st
                     steps, values = run.valid.series[key]
                     ax.plot(steps, values, color=colour, linestyle="--", marker="o", markersize=3,
                             linewidth=1.0, label=f"{label} (valid)")
+        shade_healthy(ax, runs, keys)
         ax.set_title(panel)
         ax.set_xlabel("update")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

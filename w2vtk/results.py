@@ -7,6 +7,11 @@ Layout read (the recipes write it):
   EXP/decode/<model>/<tuning>.json                  optional: LM weights found by `w2vtk tune-lm`
   EXP/**/*.png                                      training curves, linked from RESULTS.md
 
+Each error rate gets a 95% bootstrap interval from the per-utterance errors (the ref.trn and hyp.trn
+beside its wer.json, re-aligned as `w2vtk decode` scored them), in speaker blocks; two columns that
+decoded the same subset and differ in one way (the model, or the decoding) get the paired bootstrap
+probability that the better one is better (see w2vtk.error_bars).
+
 <model> names a fine-tuned model (e.g. `pretrained`, `scratch`), <decoding> a way of decoding it
 (e.g. `greedy`, `4gram`). The table has a row per subset and a column per model and decoding.
 """
@@ -18,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from w2vtk.error_bars import BlockCounts, confidence_interval, probability_better
 from w2vtk.errors import W2vtkError
 from w2vtk.fileio import atomic_write_text
+from w2vtk.scoring import align, characters, read_trn
 
 RESULTS_MD = "RESULTS.md"
 RESULTS_JSON = "results.json"
@@ -42,6 +49,7 @@ class Score:
     decoding: str
     metric: str
     summary: dict
+    directory: Path | None = None  # where its wer.json, ref.trn and hyp.trn are
 
     @property
     def rate(self) -> float | None:
@@ -66,7 +74,48 @@ def read_score(path: Path, model: str, subset: str, decoding: str) -> Score:
     if isinstance(summary[metric], bool) or not isinstance(summary[metric], (int, float)):
         raise ResultsError(f"{path}: its {metric} is {summary[metric]!r}, not a number; rerun the decoding that "
                            "wrote it")
-    return Score(model, subset, decoding, metric, summary)
+    return Score(model, subset, decoding, metric, summary, path.parent)
+
+
+def block_counts(score: Score) -> BlockCounts | None:
+    """Errors and reference tokens per speaker block, from the ref.trn and hyp.trn beside the score's
+    wer.json (None where they are missing: no interval is given)."""
+    if score.directory is None or not (score.directory / "ref.trn").is_file() or not (
+            score.directory / "hyp.trn").is_file():
+        return None
+    try:
+        refs, hyps = read_trn(score.directory / "ref.trn"), read_trn(score.directory / "hyp.trn")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ResultsError(f"{score.directory}: unreadable trn file ({e}); rerun the decoding that wrote it") from None
+    if set(refs) != set(hyps):
+        raise ResultsError(f"{score.directory}: ref.trn and hyp.trn hold different utterances; rerun the decoding "
+                           "that wrote them")
+    ids = sorted(refs)
+    split = characters if score.metric == "cer" else list
+    counts = [align(split(refs[u]), split(hyps[u])).counts for u in ids]
+    return BlockCounts.from_utterances(ids, [c.errors for c in counts], [c.ref_tokens for c in counts])
+
+
+def _key(score: Score) -> tuple[str, str, str]:
+    return score.model, score.subset, score.decoding
+
+
+def comparisons(scores: list[Score], blocks: dict[tuple[str, str, str], BlockCounts]) -> list[dict]:
+    """Paired comparisons of the columns that decoded the same subset and differ in the model or in the
+    decoding: {subset, better, worse, p_better}, the better one (fewer errors) first."""
+    out = []
+    for i, a in enumerate(scores):
+        for b in scores[i + 1:]:
+            if a.subset != b.subset or (a.model != b.model) == (a.decoding != b.decoding):
+                continue
+            ca, cb = blocks.get(_key(a)), blocks.get(_key(b))
+            if ca is None or cb is None or ca.blocks != cb.blocks:
+                continue
+            if cb.errors.sum() < ca.errors.sum():
+                a, b, ca, cb = b, a, cb, ca
+            out.append({"subset": a.subset, "better": f"{a.model}, {a.decoding}", "worse": f"{b.model}, {b.decoding}",
+                        "p_better": round(probability_better(ca, cb), 4)})
+    return out
 
 
 def collect_scores(exp_dir: str | os.PathLike) -> list[Score]:
@@ -104,11 +153,13 @@ def _cell(score: Score | None) -> str:
         return "-"
     if score.rate is None:
         return "n/a"
-    return f"{score.rate:.2f}"
+    ci = score.summary.get("ci95")
+    return f"{score.rate:.2f}" + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
 
 
 def results_table(scores: list[Score]) -> str:
-    """A Markdown table: a row per subset, a column per (model, decoding); cells are error rates in %."""
+    """A Markdown table: a row per subset, a column per (model, decoding); cells are error rates in %,
+    with their 95% interval where known."""
     by_key = {(s.subset, s.model, s.decoding): s for s in scores}
     columns = _columns(scores)
     subsets = sorted({s.subset for s in scores})
@@ -149,6 +200,12 @@ def write_results(exp_dir: str | os.PathLike, title: str | None = None, notes: s
     `notes` (Markdown) goes under the title, e.g. how the corpus and models were made."""
     exp_dir = Path(exp_dir)
     scores = collect_scores(exp_dir)
+    blocks = {_key(s): b for s in scores if (b := block_counts(s)) is not None}
+    for s in scores:
+        ci = confidence_interval(blocks[_key(s)]) if _key(s) in blocks else None
+        if ci is not None:
+            s.summary["ci95"] = [round(ci[0], 2), round(ci[1], 2)]
+    pairs = comparisons(scores, blocks)
     tuning = collect_tuning(exp_dir)
     plots = _plots(exp_dir)
     md = [f"# {title or 'Results: ' + exp_dir.resolve().name}", ""]
@@ -156,7 +213,13 @@ def write_results(exp_dir: str | os.PathLike, title: str | None = None, notes: s
         md += [notes.strip(), ""]
     md += [results_table(scores)]
     md += ["Rows are subsets; columns are the fine-tuned model and how it was decoded "
-           "(greedy: best path, no LM). Details per decoding: decode/<model>/<subset>/<decoding>/.", ""]
+           "(greedy: best path, no LM); in brackets the 95% interval of a bootstrap over speakers. "
+           "Details per decoding: decode/<model>/<subset>/<decoding>/.", ""]
+    if pairs:
+        md += ["Paired bootstrap (Bisani and Ney, 2004): the probability that the first system is better "
+               "than the second on the same utterances.", ""]
+        md += [f"- {p['subset']}: {p['better']} better than {p['worse']}: p = {p['p_better']:.3f}" for p in pairs]
+        md += [""]
     tuned = _tuning_lines(tuning)
     if tuned:
         md += ["LM weights tuned on a dev set:", "", *tuned, ""]
@@ -165,6 +228,7 @@ def write_results(exp_dir: str | os.PathLike, title: str | None = None, notes: s
     data = {
         "metric": scores[0].metric,
         "results": {},
+        "comparisons": pairs,
         "tuning": tuning,
         "plots": plots,
     }

@@ -115,6 +115,7 @@ def _register() -> None:
     from w2vtk.cli import report_commands
 
     main.add_command(report_commands.plot)
+    main.add_command(report_commands.check)
     main.add_command(report_commands.results)
 
     from w2vtk.cli import decode_commands

@@ -1,4 +1,5 @@
-"""`w2vtk plot` (training curves) and `w2vtk results` (RESULTS.md and results.json of a recipe)."""
+"""`w2vtk plot` (training curves), `w2vtk check` (is a run healthy?) and `w2vtk results` (RESULTS.md and
+results.json of a recipe)."""
 from __future__ import annotations
 
 import click
@@ -19,12 +20,32 @@ def plot(exp_dirs, out, names, title):
     terms), accuracy, codebook perplexities, Gumbel temperature, learning rate, gradient norm, and the
     validation WER/PER. Training values are solid lines, validation values dashed with markers.
     Several EXP_DIRs share one figure, one colour each (e.g. fine-tuning from scratch and from a
-    pretrained model).
+    pretrained model). Green bands shade the healthy ranges (see `w2vtk check` and docs/health.md).
     """
     from w2vtk.plot import plot_experiments
 
     path = plot_experiments(exp_dirs, out, names or None, title)
     click.echo(str(path))
+
+
+@click.command()
+@click.argument("exp_dir", type=click.Path(exists=True, file_okay=False))
+@click.pass_context
+def check(ctx, exp_dir):
+    """Judge whether the run in EXP_DIR (pretraining or fine-tuning) is healthy.
+
+    \b
+    Reads EXP_DIR/log.jsonl and EXP_DIR/config.yaml and prints, for each quantity with a healthy range
+    (codebook perplexities, accuracy against chance, gradient norm, all-blank output, CTC targets
+    longer than their frames), its last value against the range; then the warnings the run logged and a
+    verdict. Exit status 0: healthy; 1: a symptom holds at the end of the log (it names the likely cause
+    and the setting to change). docs/health.md explains the ranges.
+    """
+    from w2vtk.training.health import check_experiment
+
+    text, healthy = check_experiment(exp_dir)
+    click.echo(text, nl=False)
+    ctx.exit(0 if healthy else 1)
 
 
 @click.command()

@@ -30,9 +30,17 @@ def _common(f):
 
 @click.command(context_settings={"show_default": True})
 @_common
+@click.option("--init", "init", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Continue pretraining from this pretraining checkpoint (a w2vtk one, or one made by `w2vtk "
+                   "import` from fairseq or transformers weights), quantizer and heads included, e.g. on new "
+                   "unlabelled audio. Its architecture must be the config's model section.")
+@click.option("--resume-optimizer", is_flag=True, default=False,
+              help="With --init (a w2vtk checkpoint): carry on its optimizer state and update count, so the LR "
+                   "schedule and Gumbel temperature continue and --max-updates counts from its start. Without "
+                   "it both start afresh.")
 @click.pass_context
 def pretrain(ctx, config, data_dir, train_subset, valid_subset, exp_dir, max_updates, save_interval,
-             valid_interval, log_interval, keep_last, overrides):
+             valid_interval, log_interval, keep_last, overrides, init, resume_optimizer):
     """Self-supervised wav2vec 2.0 pretraining on unlabelled audio.
 
     OVERRIDES are `section.key=value` pairs applied after the config file, e.g. `optim.lr=1e-4
@@ -46,9 +54,13 @@ def pretrain(ctx, config, data_dir, train_subset, valid_subset, exp_dir, max_upd
     """
     from w2vtk.training.runs import cli_overrides, pretrain as run
 
+    if resume_optimizer and not init:
+        from w2vtk.errors import W2vtkError
+
+        raise W2vtkError("--resume-optimizer needs --init CHECKPOINT: the checkpoint whose optimizer state to carry on")
     run(config, data_dir, train_subset, valid_subset, exp_dir,
         cli_overrides(max_updates, save_interval, valid_interval, log_interval, keep_last) + list(overrides),
-        seed=ctx.obj["seed"])
+        seed=ctx.obj["seed"], init=init, resume_optimizer=resume_optimizer)
 
 
 @click.command(context_settings={"show_default": True})

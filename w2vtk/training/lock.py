@@ -3,6 +3,10 @@
 The lock is an flock on EXP/.lock, so the kernel releases it when the holder dies, even by kill -9;
 a stale file never blocks a restart. The holder removes the file when it finishes, so a run that was
 refused, or has ended, leaves nothing behind.
+
+An flock belongs to the open file, which a forked child (a DataLoader worker) shares: a worker that
+outlives its killed parent for a few seconds would hold the lock and refuse the restart. So every
+forked child closes its copy of the descriptor at once.
 """
 from __future__ import annotations
 
@@ -12,6 +16,18 @@ import os
 from pathlib import Path
 
 from w2vtk.errors import W2vtkError
+
+_HELD: set[int] = set()  # descriptors of the locks this process holds
+
+
+def _close_in_child() -> None:
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 class ExpDirLock:
@@ -41,10 +57,12 @@ class ExpDirLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
+        _HELD.add(fd)
         return self
 
     def __exit__(self, *exc) -> None:
         if self.fd is not None:
+            _HELD.discard(self.fd)
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()  # while still holding the lock, so no one can take the old file
             fcntl.flock(self.fd, fcntl.LOCK_UN)

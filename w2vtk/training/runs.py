@@ -8,11 +8,11 @@ from typing import Sequence
 
 import torch
 
-from w2vtk.checkpoint import load_checkpoint
+from w2vtk.checkpoint import architecture_mismatch, load_checkpoint
 from w2vtk.config import ConfigError, load_config, to_dict
 from w2vtk.dataset import load_dataset
 from w2vtk.errors import W2vtkError
-from w2vtk.model.config import ModelConfig
+from w2vtk.model.config import ARCH_KEYS, ModelConfig
 from w2vtk.model.wav2vec2 import build_model, load_state_dict_strict
 from w2vtk.seeding import seed_everything
 from w2vtk.text import Vocabulary
@@ -79,8 +79,15 @@ def _train(trainer: Trainer, exp_dir: Path, info: D.DistInfo, max_updates: int) 
 
 
 def pretrain(config: str | os.PathLike | None, data_dir: str | os.PathLike, train_subset: str, valid_subset: str | None,
-             exp_dir: str | os.PathLike, overrides: Sequence[str] = (), seed: int = 1) -> dict[str, float]:
-    """Self-supervised pretraining; resumes from EXP/checkpoints/last.pt when it exists."""
+             exp_dir: str | os.PathLike, overrides: Sequence[str] = (), seed: int = 1,
+             init: str | os.PathLike | None = None, resume_optimizer: bool = False) -> dict[str, float]:
+    """Self-supervised pretraining; resumes from EXP/checkpoints/last.pt when it exists.
+
+    `init`: continue pretraining from this pretraining checkpoint (ours or imported), quantizer and heads
+    included; its architecture must be the config's. The optimizer and LR schedule start afresh, unless
+    `resume_optimizer` (our checkpoints only): then Adam's moments and the update count (which drives
+    the LR schedule and the Gumbel temperature) carry on, and --max-updates counts from the original start.
+    """
     from w2vtk.pretraining import PretrainObjective
 
     cfg = load_config(PretrainConfig, config, overrides)
@@ -92,14 +99,44 @@ def pretrain(config: str | os.PathLike | None, data_dir: str | os.PathLike, trai
               normalize=cfg.data.normalize or cfg.model.normalize, seed=seed)
     train = load_dataset(data_dir, train_subset, **kw)
     valid = load_dataset(data_dir, valid_subset, **kw) if valid_subset else None
-    model = build_model(cfg.model).to(device)
-    log.info("pretraining a %.1f M-parameter model on %d utterances (%.2f h)", _millions(model), len(train),
-             train.sizes.sum() / 16000 / 3600)
+    model = build_model(cfg.model)
+    start = _pretrain_init(cfg.model, init, model, resume_optimizer) if init else None
+    model = model.to(device)
+    log.info("pretraining a %.1f M-parameter model on %d utterances (%.2f h)%s", _millions(model), len(train),
+             train.sizes.sum() / 16000 / 3600, f", continuing from {init}" if init else "")
     objective = PretrainObjective(model, cfg.task, seed)
     trainer = Trainer(exp_dir=exp_dir, objective=objective, train=train, valid=valid, crop=True,
                       data_cfg=cfg.data, optim_cfg=cfg.optim, trainer_cfg=cfg.trainer,
                       run=RunInfo("pretrain", to_dict(cfg)), seed=seed, device=device, dist_info=info)
+    if start is not None and resume_optimizer:
+        trainer.optimizer.load_state_dict(start["trainer"]["optimizer"])
+        trainer.step = start["trainer"]["step"]  # a resume from EXP/checkpoints/last.pt replaces both
     return _train(trainer, exp_dir, info, cfg.optim.max_updates)
+
+
+def _pretrain_init(model_cfg: ModelConfig, init: str | os.PathLike, model: torch.nn.Module,
+                   resume_optimizer: bool) -> dict:
+    """Load a pretraining checkpoint into `model` (built from `model_cfg`); returns the checkpoint.
+    Refuses one without a quantizer (a fine-tuned CTC model) or with another architecture."""
+    ckpt = load_checkpoint(init)
+    found = ckpt.get("model_config")
+    if not isinstance(found, dict) or not isinstance(ckpt.get("model"), dict):
+        raise W2vtkError(f"{init}: checkpoint has no model_config; give one written by `w2vtk pretrain` or "
+                         "`w2vtk import`")
+    if found.get("vocab_size") or not found.get("latent_vars") or not any(
+            k.startswith("quantizer.") for k in ckpt["model"]):
+        raise W2vtkError(f"{init}: a {ckpt.get('kind', 'w2vtk')} checkpoint without a quantizer (a fine-tuned CTC "
+                         "model) cannot continue pretraining; give a pretraining checkpoint (from `w2vtk pretrain`, "
+                         "or `w2vtk import` of a model that was not fine-tuned)")
+    diff = architecture_mismatch(model_cfg.to_dict(), found, ARCH_KEYS)
+    if diff:
+        raise W2vtkError(f"{init}: another architecture than the config's model section (" + "; ".join(diff)
+                         + "); use a --config whose model section matches the checkpoint")
+    if resume_optimizer and not (ckpt.get("kind") == "pretrain" and (ckpt.get("trainer") or {}).get("optimizer")):
+        raise W2vtkError(f"{init}: a {ckpt.get('kind')} checkpoint without the optimizer state of a w2vtk pretraining "
+                         "run; leave out --resume-optimizer")
+    load_state_dict_strict(model, ckpt["model"], f"{init}: ")
+    return ckpt
 
 
 def finetune(config: str | os.PathLike | None, data_dir: str | os.PathLike, train_subset: str, valid_subset: str | None,

@@ -32,6 +32,7 @@ from w2vtk.fileio import atomic_write_text
 from w2vtk.model.config import ARCH_KEYS
 from w2vtk.training import distributed as D
 from w2vtk.training.config import DataConfig, OptimConfig, TrainerConfig
+from w2vtk.training.health import HealthMonitor
 from w2vtk.training.schedule import lr_multiplier
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ class Trainer:
         self.batches_done = 0  # batches of the current epoch already trained on (this rank)
         self.best: float | None = None
         self.nonfinite = 0
+        self.health = HealthMonitor.for_run(run.kind, run.train_config, self.exp_dir / "log.jsonl")
 
     # ----------------------------------------------------------------------------------- checkpoints
     def _payload(self) -> dict[str, Any]:
@@ -301,9 +303,11 @@ class Trainer:
             log.warning("update %d: non-finite loss or gradient (grad_norm=%s), update skipped (%d in a row)",
                         self.step + 1, grad_norm, self.nonfinite)
             if self.nonfinite >= self.cfg.max_nonfinite:
-                raise W2vtkError(f"{self.nonfinite} updates in a row had a non-finite loss or gradient; the run "
-                                 "diverged. Lower optim.lr, set optim.clip_norm, or use trainer.precision=fp32, then "
-                                 f"resume from {self.ckpt_dir / 'last.pt'}")
+                why = self.health.diverged(self.step + 1, self.nonfinite)
+                if self.dist.is_main:
+                    self._write_log(why.record())
+                raise W2vtkError(f"{why.evidence}; the run diverged. Likely cause: {why.cause}. Change: {why.fix}, "
+                                 f"then resume from {self.ckpt_dir / 'last.pt'}")
         else:
             self.nonfinite = 0
         self.step += 1
@@ -362,6 +366,9 @@ class Trainer:
         path = self.exp_dir / "log.jsonl"
         with self._writing(path), open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
+            for finding in self.health.observe(rec):  # symptoms that have just begun to hold
+                f.write(json.dumps(finding.record()) + "\n")
+                log.warning(finding.message())
 
     @contextlib.contextmanager
     def _writing(self, path: Path):
