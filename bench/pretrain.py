@@ -30,6 +30,7 @@ class OursStep:
 
     def __init__(self, wav: np.ndarray, precision: str, layerdrop: float, fused_adamw: bool = True,
                  size: str = "base", seed: int = 1):
+        from w2vtk.cpu import use_cpu_kernels
         from w2vtk.dataset import Batch
         from w2vtk.model import base, tiny
         from w2vtk.pretraining import PretrainObjective
@@ -38,7 +39,7 @@ class OursStep:
         from w2vtk.training.trainer import Trainer
 
         torch.manual_seed(seed)
-        model = (base if size == "base" else tiny)(encoder_layerdrop=layerdrop)
+        model = use_cpu_kernels((base if size == "base" else tiny)(encoder_layerdrop=layerdrop), "cpu")
         optim = OptimConfig()
         # The trainer's update without its data pipeline: a Trainer whose __init__ (samplers, datasets)
         # is skipped, holding what `_update` reads.

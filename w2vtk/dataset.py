@@ -48,6 +48,8 @@ class AudioDataset(torch.utils.data.Dataset):
 
     `crop=True` (pretraining): a batch is cut to its shortest item, at most max_sample_size samples,
     at a random offset per item; only that window is decoded. `crop=False` (fine-tuning): whole items.
+    Items shorter than `min_sample_size` are left out: pass at least the model's receptive field
+    (`ModelConfig.receptive_field`), as shorter audio yields no frame.
     """
 
     def __init__(self, manifest: Manifest, *, labels: Sequence[Sequence[int]] | None = None,
@@ -60,13 +62,13 @@ class AudioDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         sizes = np.asarray(manifest.sizes, dtype=np.int64)
-        keep = sizes >= max(min_sample_size, 400)  # 400 samples: the CNN's receptive field
+        keep = sizes >= min_sample_size  # callers include the model's receptive field
         if labels is not None:
             keep &= np.array([len(t) > 0 for t in labels])
         self.indices = np.nonzero(keep)[0]
         self.skipped = int(len(sizes) - len(self.indices))
         if len(self.indices) == 0:
-            raise W2vtkError(f"{manifest.source}: no utterance is at least {max(min_sample_size, 400)} samples "
+            raise W2vtkError(f"{manifest.source}: no utterance is at least {min_sample_size} samples "
                              "long (with a non-empty label); lower data.min_sample_size or check the manifest")
         self.sizes = sizes[self.indices]  # sizes of the kept items, positions are dataset indices
 

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from w2vtk.dataset import Batch
 from w2vtk.decoding.greedy import greedy_ids
 from w2vtk.masking import channel_mask, time_mask, utterance_rngs
-from w2vtk.model.dropout import dropout
 from w2vtk.model.wav2vec2 import Wav2Vec2Model
 from w2vtk.pretraining import StepResult
 from w2vtk.scoring import ErrorCounts, align
@@ -62,7 +61,7 @@ class FinetuneObjective:
             dev = feats.features.device
             enc = m.encode(feats.features, feats.padding_mask, mask_time=torch.from_numpy(mask_t).to(dev),
                            mask_channel=torch.from_numpy(mask_c).to(dev))
-        x = dropout(enc.x, cfg.final_dropout, m.training)
+        x = F.dropout(enc.x, cfg.final_dropout, m.training)
         logits = m.ctc_head(x)
         lprobs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (frame, batch, vocab)
         loss = F.ctc_loss(lprobs, batch.targets, lengths, batch.target_lengths, blank=0, reduction="sum",

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from w2vtk.dataset import Batch
 from w2vtk.errors import W2vtkError
 from w2vtk.losses import contrastive_logits, contrastive_loss, diversity_loss, sample_negative_indices
 from w2vtk.masking import time_mask, utterance_rngs
-from w2vtk.model.dropout import dropout
 from w2vtk.model.wav2vec2 import Wav2Vec2Model
 from w2vtk.training.config import PretrainTaskConfig
 
@@ -90,7 +90,7 @@ class PretrainObjective:
         b = feats.features.shape[0]
         mask = mask.to(feats.features.device)
         n = int(mask[0].sum())
-        unmasked = dropout(feats.features, m.cfg.dropout_features, m.training)
+        unmasked = F.dropout(feats.features, m.cfg.dropout_features, m.training)
         enc = m.encode(feats.features, feats.padding_mask, mask_time=mask)
         x = m.final_proj(enc.x[mask].view(b, n, -1))  # (B, n, final_dim)
         noise = None if gumbel_noise is None else gumbel_noise.to(x.device).view(b * n, *gumbel_noise.shape[2:])

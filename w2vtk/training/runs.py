@@ -10,6 +10,7 @@ import torch
 
 from w2vtk.checkpoint import load_checkpoint
 from w2vtk.config import ConfigError, load_config, to_dict
+from w2vtk.cpu import use_cpu_kernels
 from w2vtk.dataset import load_dataset
 from w2vtk.errors import W2vtkError
 from w2vtk.model.config import ModelConfig
@@ -88,11 +89,12 @@ def pretrain(config: str | os.PathLike | None, data_dir: str | os.PathLike, trai
         raise ConfigError(f"{config}: pretraining needs model.vocab_size=0 and model.latent_vars>0")
     device, info = _start(cfg.trainer, seed)
     exp_dir = Path(exp_dir)
-    kw = dict(crop=True, max_sample_size=cfg.data.max_sample_size, min_sample_size=cfg.data.min_sample_size,
+    kw = dict(crop=True, max_sample_size=cfg.data.max_sample_size,
+              min_sample_size=max(cfg.data.min_sample_size, cfg.model.receptive_field),
               normalize=cfg.data.normalize or cfg.model.normalize, seed=seed)
     train = load_dataset(data_dir, train_subset, **kw)
     valid = load_dataset(data_dir, valid_subset, **kw) if valid_subset else None
-    model = build_model(cfg.model).to(device)
+    model = use_cpu_kernels(build_model(cfg.model), device).to(device)
     log.info("pretraining a %.1f M-parameter model on %d utterances (%.2f h)", _millions(model), len(train),
              train.sizes.sum() / 16000 / 3600)
     objective = PretrainObjective(model, cfg.task, seed)
@@ -114,8 +116,9 @@ def finetune(config: str | os.PathLike | None, data_dir: str | os.PathLike, trai
     exp_dir = Path(exp_dir)
     data_dir = Path(data_dir)
     vocab, label_ext, encode, sp_blob = _labels(cfg, data_dir, train_subset, exp_dir, info)
-    model = _finetune_model(cfg, init, vocab).to(device)
-    kw = dict(crop=False, max_sample_size=cfg.data.max_sample_size, min_sample_size=cfg.data.min_sample_size,
+    model = use_cpu_kernels(_finetune_model(cfg, init, vocab), device).to(device)
+    kw = dict(crop=False, max_sample_size=cfg.data.max_sample_size,
+              min_sample_size=max(cfg.data.min_sample_size, model.cfg.receptive_field),
               normalize=cfg.data.normalize or model.cfg.normalize, seed=seed, label_ext=label_ext, encode=encode)
     train = load_dataset(data_dir, train_subset, **kw)
     valid = load_dataset(data_dir, valid_subset, **kw) if valid_subset else None
