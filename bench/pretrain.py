@@ -52,6 +52,7 @@ class OursStep:
         t.optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=optim.betas, eps=optim.eps,
                                         weight_decay=optim.weight_decay, fused=fused_adamw or None)
         t.step, t.nonfinite, t.ckpt_dir = 0, 0, Path(".")
+        t._step_module, t._step_params = None, []
         self.trainer = t
         self.batch = Batch(torch.arange(len(wav)), torch.from_numpy(wav))
         self.params = [p for p in model.parameters() if p.requires_grad]

@@ -40,12 +40,15 @@ def cli_overrides(max_updates: int | None = None, save_interval: int | None = No
 
 
 def _device(cfg: TrainerConfig) -> torch.device:
+    """The training device; each torchrun process takes the GPU of its local rank (auto, cuda)."""
     if cfg.device == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            return torch.device("cuda", D.local_rank())
         return torch.device("cpu")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"trainer.device={cfg.device}: no CUDA device is available here; use cpu or auto")
+    if cfg.device == "cuda":
+        return torch.device("cuda", D.local_rank())
     return torch.device(cfg.device)
 
 
@@ -55,6 +58,8 @@ def _start(cfg: TrainerConfig, seed: int) -> tuple[torch.device, D.DistInfo]:
     device = _device(cfg)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.tf32
     info = D.init_distributed(device)
     seed_everything(seed)  # the same model initialisation on every rank
     return device, info
