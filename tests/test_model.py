@@ -5,6 +5,8 @@ tests cover the CPU kernels, and with W2VTK_CPU_KERNELS=0 the reference model
 (tests/test_cpu_kernels.py compares the two module by module)."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -18,9 +20,19 @@ from w2vtk.model import ARCH_KEYS, ModelConfig, base_config, large_config, norma
 from w2vtk.model import build_model as build_reference
 
 
+DEVICE = os.environ.get("W2VTK_TEST_DEVICE", "cpu")  # bench/gpu_check.sh sets cuda
+
+
+@pytest.fixture(autouse=True)
+def on_test_device():
+    """Tensors made in a test, models included, on the test device."""
+    with torch.device(DEVICE):
+        yield
+
+
 def build_model(cfg: ModelConfig):
-    """The model as the commands build it for a CPU."""
-    return use_cpu_kernels(build_reference(cfg), "cpu")
+    """The model as the commands build it for the test device."""
+    return use_cpu_kernels(build_reference(cfg), DEVICE)
 
 
 def small(**kw) -> ModelConfig:
@@ -79,7 +91,7 @@ def test_config_round_trip_and_errors():
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.integers(400, 4000), min_size=1, max_size=3))
 def test_frame_lengths_equal_the_conv_arithmetic(lengths):
-    model = _LENGTHS_MODEL
+    model = _LENGTHS_MODEL.to(DEVICE)
     wav, lens = pad([np.zeros(n, dtype=np.float32) for n in lengths])
     with torch.no_grad():
         out = model.extract_features(wav, lens)

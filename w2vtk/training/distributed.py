@@ -23,9 +23,12 @@ from w2vtk.errors import W2vtkError
 
 @dataclass(frozen=True)
 class DistInfo:
+    """This process's place in a torchrun job; `launched` False for a plain single process."""
+
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    launched: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -33,7 +36,8 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """A process group exists (under torchrun, even with one process): collectives and DDP run."""
+        return self.launched
 
 
 def local_rank() -> int:
@@ -42,15 +46,15 @@ def local_rank() -> int:
 
 
 def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group torchrun describes in the environment (gloo on CPU, nccl on CUDA)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    """Join the process group torchrun describes in the environment (gloo on CPU, nccl on CUDA), also
+    for a job of one process; without torchrun's variables, a plain single process."""
+    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
         return DistInfo()
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30),
                                 device_id=device if device.type == "cuda" else None)
-    return DistInfo(dist.get_rank(), local_rank(), dist.get_world_size())
+    return DistInfo(dist.get_rank(), local_rank(), dist.get_world_size(), launched=True)
 
 
 def _sum_gradients(group, bucket):  # no annotations: DDP checks them, and this module's are strings

@@ -251,7 +251,6 @@ class Trainer:
             for stale in self.ckpt_dir.glob(".*.tmp"):
                 log.info("removing %s, left by an interrupted checkpoint write", stale)
                 stale.unlink()
-        trainable = lambda: [p for p in self.model.parameters() if p.requires_grad]  # noqa: E731
         # In a log file (no terminal) the bar is redrawn every 30 s rather than continuously.
         bar = tqdm(total=max_updates, initial=self.step, desc=self.run.kind, unit="upd", dynamic_ncols=True,
                    disable=not self.dist.is_main, leave=True, mininterval=0.5 if sys.stderr.isatty() else 30)
@@ -268,7 +267,7 @@ class Trainer:
                 group.append(batch)
                 if len(group) < self.optim_cfg.update_freq:
                     continue
-                stats = self._update(group, trainable())
+                stats = self._update(group)
                 self.batches_done += len(group)
                 group = []
                 _accumulate(window, stats)
@@ -293,10 +292,11 @@ class Trainer:
         bar.close()
         return metrics
 
-    def _update(self, group: list[Batch], params: list[torch.nn.Parameter]) -> dict[str, float]:
+    def _update(self, group: list[Batch]) -> dict[str, float]:
         """One optimizer update from `group` (update_freq micro-batches)."""
         self.model.train()
         self.objective.on_update(self.step)
+        params = [p for p in self.model.parameters() if p.requires_grad]  # after on_update's (un)freezing
         step_module = self._wrapped(params)
         # sample size, audio samples, then the stats' sums: on the device, read once after the sum over ranks
         sums: dict[str, torch.Tensor] = {}
