@@ -89,6 +89,14 @@ def _collective(info: DistInfo, what: str):
         raise collective_error(info, what, e) from None
 
 
+def is_collective_failure(error: BaseException) -> bool:
+    """Whether an error raised during a backward under DDP comes from its collectives (a backend
+    error, or gloo's and nccl's own RuntimeErrors) rather than from the model."""
+    text = str(error)
+    return isinstance(error, dist.DistError) or any(word in text for word in ("Gloo", "gloo", "NCCL", "nccl",
+                                                                              "Connection", "connection"))
+
+
 def collective_error(info: DistInfo, what: str, error: BaseException) -> W2vtkError:
     """The one-line error for a failed collective: which rank, what it was doing, and the error."""
     detail = " ".join(str(error).split())[:300] or type(error).__name__

@@ -309,7 +309,12 @@ class Trainer:
                 with self._autocast():
                     loss, res = step_module(batch, self.step)
                 loss = loss.float()
-                (self.scaler.scale(loss) if self.scaler else loss).backward()
+                try:
+                    (self.scaler.scale(loss) if self.scaler else loss).backward()
+                except RuntimeError as e:  # DDP sums the gradients during the last backward
+                    if last and self.dist.enabled and D.is_collective_failure(e):
+                        raise D.collective_error(self.dist, "summing gradients over processes", e) from None
+                    raise
             size = torch.as_tensor(res.sample_size, dtype=torch.float64, device=self.device)
             totals += torch.stack([size, size.new_tensor(float(audio))])
             for k, v in res.stats.items():
