@@ -15,9 +15,10 @@ def build(side: str, wav_path: str, size: str = "base"):
     wav = torch.from_numpy(np.load(wav_path))
     torch.manual_seed(1)
     if side == "ours":
+        from w2vtk.cpu import use_cpu_kernels
         from w2vtk.model import base, tiny
 
-        model = (base if size == "base" else tiny)(vocab_size=VOCAB_SIZE, latent_vars=0).eval()
+        model = use_cpu_kernels((base if size == "base" else tiny)(vocab_size=VOCAB_SIZE, latent_vars=0), "cpu").eval()
         # No parameter needs a gradient: FlopCounterMode's module hooks fail under inference_mode on
         # parameters that would (and inference_mode skips gradients anyway).
         model.requires_grad_(False)

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 
-def _autocast(precision: str):
+def _autocast(precision: str, device: str = "cpu"):
     if precision == "bf16":
-        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -29,7 +29,8 @@ class OursStep:
     """Calling it runs one update (forward, loss, backward, optimizer)."""
 
     def __init__(self, wav: np.ndarray, precision: str, layerdrop: float, fused_adamw: bool = True,
-                 size: str = "base", seed: int = 1):
+                 size: str = "base", seed: int = 1, device: str = "cpu"):
+        from w2vtk.cpu import use_cpu_kernels
         from w2vtk.dataset import Batch
         from w2vtk.model import base, tiny
         from w2vtk.pretraining import PretrainObjective
@@ -38,26 +39,26 @@ class OursStep:
         from w2vtk.training.trainer import Trainer
 
         torch.manual_seed(seed)
-        model = (base if size == "base" else tiny)(encoder_layerdrop=layerdrop)
+        model = use_cpu_kernels((base if size == "base" else tiny)(encoder_layerdrop=layerdrop), device).to(device)
         optim = OptimConfig()
         # The trainer's update without its data pipeline: a Trainer whose __init__ (samplers, datasets)
         # is skipped, holding what `_update` reads.
         t = Trainer.__new__(Trainer)
         t.model, t.objective = model, PretrainObjective(model, PretrainTaskConfig(), seed)
         t.cfg, t.optim_cfg = TrainerConfig(precision=precision), optim
-        t.device, t.dist, t.scaler = torch.device("cpu"), DistInfo(), None
+        t.device, t.dist, t.scaler = torch.device(device), DistInfo(), None
         # the optimizer Trainer.__init__ builds (keep the two in step); fused_adamw=False measures
         # torch's for-each AdamW instead
         t.optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=optim.betas, eps=optim.eps,
                                         weight_decay=optim.weight_decay, fused=fused_adamw or None)
         t.step, t.nonfinite, t.ckpt_dir = 0, 0, Path(".")
+        t._step_module, t._step_params = None, []
         self.trainer = t
         self.batch = Batch(torch.arange(len(wav)), torch.from_numpy(wav))
-        self.params = [p for p in model.parameters() if p.requires_grad]
         self.model = model
 
     def __call__(self) -> dict:
-        stats = self.trainer._update([self.batch], self.params)
+        stats = self.trainer._update([self.batch])
         return {"loss": stats["loss"]}
 
 
@@ -65,7 +66,7 @@ class RefStep:
     """transformers' Wav2Vec2ForPreTraining, BASE settings matched to ours (REFERENCE.md)."""
 
     def __init__(self, wav: np.ndarray, precision: str, layerdrop: float, fused_adamw: bool = False,
-                 size: str = "base", seed: int = 1):
+                 size: str = "base", seed: int = 1, device: str = "cpu"):
         from transformers import Wav2Vec2ForPreTraining
 
         torch.manual_seed(seed)
@@ -74,10 +75,11 @@ class RefStep:
                         hidden_dropout=0.1, attention_dropout=0.1, activation_dropout=0.0, feat_proj_dropout=0.1,
                         feat_quantizer_dropout=0.1, layerdrop=layerdrop, diversity_loss_weight=0.1,
                         contrastive_logits_temperature=0.1)
-        self.model = Wav2Vec2ForPreTraining(cfg)
+        self.model = Wav2Vec2ForPreTraining(cfg).to(device)
         self.cfg = cfg
         self.precision = precision
-        self.wav = torch.from_numpy(wav)
+        self.device = device
+        self.wav = torch.from_numpy(wav).to(device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-6,
                                            weight_decay=0.01, fused=fused_adamw or None)
         self.step = 0
@@ -93,10 +95,10 @@ class RefStep:
         mask = _compute_mask_indices(shape, self.cfg.mask_time_prob, self.cfg.mask_time_length,
                                      min_masks=self.cfg.mask_time_min_masks)
         negatives = _sample_negative_indices(shape, self.cfg.num_negatives, mask_time_indices=mask)
-        mask_t = torch.tensor(mask, dtype=torch.long)
-        with _autocast(self.precision):
+        mask_t = torch.tensor(mask, dtype=torch.long, device=self.device)
+        with _autocast(self.precision, self.device):
             out = m(self.wav, mask_time_indices=mask_t,
-                    sampled_negative_indices=torch.tensor(negatives, dtype=torch.long))
+                    sampled_negative_indices=torch.tensor(negatives, dtype=torch.long, device=self.device))
         loss = out.loss.float()
         loss.backward()
         num = float(mask_t.sum())

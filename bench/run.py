@@ -67,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(keys pretrain_*_foreach_adamw; the reference keeps its example's AdamW)")
     p.add_argument("--ref-keeps-freed-memory", action="store_true",
                    help="give the reference workers the host-memory policy the w2vtk command sets for itself "
-                        "(w2vtk.host_memory: freed memory reused, not returned; huge pages at inference); by "
+                        "(w2vtk.cpu.host_memory: freed memory reused, not returned; huge pages at inference); by "
                         "default only ours has it")
     p.add_argument("--no-flops", action="store_true", help="skip FLOP counting (FlopCounterMode) of a step")
     p.add_argument("--decode-utts", type=int, default=500,
@@ -137,7 +137,7 @@ def _alternate_with_probe(args, specs: dict, reps: int, log) -> dict:
 
 
 def _has_our_memory_policy(args, side: str) -> bool:
-    """Our side runs as the w2vtk command does (w2vtk.host_memory: freed memory kept for reuse, and
+    """Our side runs as the w2vtk command does (w2vtk.cpu.host_memory: freed memory kept for reuse, and
     huge pages for the inference commands); --ref-keeps-freed-memory gives the reference the same."""
     return side == "ours" or args.ref_keeps_freed_memory
 

@@ -122,11 +122,11 @@ def main() -> None:
         # process holding it forks its worker pools several times slower
         _set_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if spec.get("keep_freed_memory"):  # what the w2vtk command does at start
-        from w2vtk.host_memory import keep_freed_memory
+        from w2vtk.cpu.host_memory import keep_freed_memory
 
         keep_freed_memory()
     if spec.get("huge_pages"):  # and its inference commands
-        from w2vtk.host_memory import back_large_tensors_with_huge_pages
+        from w2vtk.cpu.host_memory import back_large_tensors_with_huge_pages
 
         back_large_tensors_with_huge_pages()
     base_rss = rss_mb()

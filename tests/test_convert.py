@@ -18,6 +18,7 @@ from reference_models import (ctc_symbols, fairseq_finetuned_checkpoint, fairseq
 from w2vtk.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from w2vtk.cli import main
 from w2vtk.convert import import_weights
+from w2vtk.cpu import use_cpu_kernels
 from w2vtk.convert.safetensors import read_safetensors, write_safetensors
 from w2vtk.model import build_model, model_from_checkpoint, tiny_config
 from w2vtk.text import Vocabulary
@@ -36,7 +37,7 @@ def _import(src: Path, out: Path, *extra: str) -> tuple[dict, torch.nn.Module]:
     result = CliRunner().invoke(main, ["import", str(src), str(out), *extra])
     assert result.exit_code == 0, result.output
     ckpt = load_checkpoint(out)
-    return ckpt, model_from_checkpoint(ckpt, out).eval()
+    return ckpt, use_cpu_kernels(model_from_checkpoint(ckpt, out), "cpu").eval()
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -1,4 +1,4 @@
-"""The host-memory policy of w2vtk's processes (w2vtk.host_memory): freed large blocks stay in the
+"""The host-memory policy of w2vtk's processes (w2vtk.cpu.host_memory): freed large blocks stay in the
 process for reuse. Each case runs in a fresh interpreter, as the policy is process-wide."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 _PROBE = r"""
 import json, sys
 import numpy as np
-from w2vtk.host_memory import keep_freed_memory
+from w2vtk.cpu.host_memory import keep_freed_memory
 
 def rss():
     with open("/proc/self/status") as f:
@@ -63,7 +63,7 @@ def test_the_environment_can_keep_glibcs_defaults():
 _HUGE_PROBE = r"""
 import json, sys
 import torch
-from w2vtk.host_memory import _advised_huge, back_large_tensors_with_huge_pages
+from w2vtk.cpu.host_memory import _advised_huge, back_large_tensors_with_huge_pages
 
 early = torch.empty(4 << 20) if sys.argv[1] == "late" else None
 taken = back_large_tensors_with_huge_pages()
@@ -84,7 +84,7 @@ def _huge_probe(when: str, env_value: str | None = None) -> dict:
 
 
 def _kernel_has_huge_pages() -> bool:
-    from w2vtk.host_memory import _kernel_offers_huge_pages
+    from w2vtk.cpu.host_memory import _kernel_offers_huge_pages
 
     return _kernel_offers_huge_pages()
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from reference_models import hf_model, save_hf, speech_waveforms
 from w2vtk.convert import import_weights
+from w2vtk.cpu import use_cpu_kernels
 from w2vtk.dataset import Batch
 from w2vtk.losses import sample_negative_indices
 from w2vtk.masking import time_mask, utterance_rngs
@@ -46,7 +47,7 @@ def test_loss_matches_transformers(style, tmp_path, monkeypatch, synth_librispee
     ckpt = import_weights(save_hf(hf, tmp_path / "hf"))
     ckpt["model_config"].update(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, dropout_input=0.0,
                                 dropout_features=0.0, encoder_layerdrop=0.0)
-    ours = model_from_checkpoint(ckpt)
+    ours = use_cpu_kernels(model_from_checkpoint(ckpt), "cpu")  # the reference with W2VTK_CPU_KERNELS=0
     _train_mode_without_dropout(hf)
     _train_mode_without_dropout(ours)
     hf.set_gumbel_temperature(1.7)

@@ -8,7 +8,7 @@ exactly what an uninterrupted single-process run reads.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -22,25 +22,47 @@ from w2vtk.manifest import Manifest, read_labels, read_manifest
 log = logging.getLogger(__name__)
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without waiting for the copy: from pinned memory to a GPU."""
+    if torch.device(device).type == "cuda" and not t.is_pinned():
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 @dataclass
 class Batch:
     """ids: (B,) manifest line indices; wav: (B, S) float32; lengths: (B,) samples, or None when
-    every item has S samples; targets: flat int64 label ids; target_lengths: (B,), for CTC."""
+    every item has S samples; targets: flat int64 label ids; target_lengths: (B,), for CTC.
+    host: after `to(device)`, the same batch in host memory, whose ids and lengths the training
+    objectives read without waiting for the device."""
 
     ids: torch.Tensor
     wav: torch.Tensor
     lengths: torch.Tensor | None = None
     targets: torch.Tensor | None = None
     target_lengths: torch.Tensor | None = None
+    host: "Batch | None" = field(default=None, repr=False, compare=False)
+
+    def _map(self, move) -> "Batch":
+        return Batch(*(None if t is None else move(t) for t in (self.ids, self.wav, self.lengths, self.targets,
+                                                                 self.target_lengths)))
+
+    def pin_memory(self) -> "Batch":
+        """The batch in page-locked memory, whose copies to a GPU run asynchronously (the DataLoader's
+        pin_memory=True calls this in its pinning thread)."""
+        return self._map(lambda t: t.pin_memory())
 
     def to(self, device: torch.device) -> "Batch":
-        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return Batch(move(self.ids), move(self.wav), move(self.lengths), move(self.targets),
-                     move(self.target_lengths))
+        """The tensors on `device` (asynchronous copies from pinned memory); `host` keeps this batch."""
+        moved = self._map(lambda t: t.to(device, non_blocking=True))
+        moved.host = self.host if self.host is not None else self
+        return moved
 
     @property
     def num_samples(self) -> int:
-        return int(self.lengths.sum()) if self.lengths is not None else self.wav.numel()
+        """Audio samples in the batch, read from the host copy."""
+        b = self.host if self.host is not None else self
+        return int(b.lengths.sum()) if b.lengths is not None else b.wav.numel()
 
 
 class AudioDataset(torch.utils.data.Dataset):
@@ -48,6 +70,8 @@ class AudioDataset(torch.utils.data.Dataset):
 
     `crop=True` (pretraining): a batch is cut to its shortest item, at most max_sample_size samples,
     at a random offset per item; only that window is decoded. `crop=False` (fine-tuning): whole items.
+    Items shorter than `min_sample_size` are left out: pass at least the model's receptive field
+    (`ModelConfig.receptive_field`), as shorter audio yields no frame.
     """
 
     def __init__(self, manifest: Manifest, *, labels: Sequence[Sequence[int]] | None = None,
@@ -60,13 +84,13 @@ class AudioDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         sizes = np.asarray(manifest.sizes, dtype=np.int64)
-        keep = sizes >= max(min_sample_size, 400)  # 400 samples: the CNN's receptive field
+        keep = sizes >= min_sample_size  # callers include the model's receptive field
         if labels is not None:
             keep &= np.array([len(t) > 0 for t in labels])
         self.indices = np.nonzero(keep)[0]
         self.skipped = int(len(sizes) - len(self.indices))
         if len(self.indices) == 0:
-            raise W2vtkError(f"{manifest.source}: no utterance is at least {max(min_sample_size, 400)} samples "
+            raise W2vtkError(f"{manifest.source}: no utterance is at least {min_sample_size} samples "
                              "long (with a non-empty label); lower data.min_sample_size or check the manifest")
         self.sizes = sizes[self.indices]  # sizes of the kept items, positions are dataset indices
 

@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 1_600_000  # padded samples per forward batch (100 s of audio)
 DEFAULT_BATCH_SIZE = 16         # utterances per forward batch
-MIN_SAMPLES = 400               # the CNN's receptive field: shorter audio yields no frame
 
 
 @dataclass
@@ -62,8 +61,10 @@ def load_acoustic_model(path: str | os.PathLike, device: str | None = None) -> A
     model = model_from_checkpoint(ckpt, path)
     data_cfg = (ckpt.get("train_config") or {}).get("data") or {}
     normalize = bool(model.cfg.normalize or data_cfg.get("normalize", False))
+    from w2vtk.cpu import use_cpu_kernels
+
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device).eval()
+    use_cpu_kernels(model, device).to(device).eval()
     return AcousticModel(model, vocab, normalize, path, device)
 
 
@@ -96,14 +97,15 @@ def compute_logprobs(am: AcousticModel, manifest: Manifest, max_tokens: int = DE
     empty = np.zeros((0, len(am.vocab)), dtype=np.float32)
     out = [empty] * len(manifest)
     sizes = np.asarray(manifest.sizes, dtype=np.int64)
-    if not (sizes >= MIN_SAMPLES).any():
-        log.warning("%s: no utterance is long enough (%d samples) to decode", manifest.source, MIN_SAMPLES)
+    min_samples = am.model.cfg.receptive_field  # shorter audio yields no frame
+    if not (sizes >= min_samples).any():
+        log.warning("%s: no utterance is long enough (%d samples) to decode", manifest.source, min_samples)
         return out
-    ds = AudioDataset(manifest, crop=False, max_sample_size=int(sizes.max()), min_sample_size=0,
+    ds = AudioDataset(manifest, crop=False, max_sample_size=int(sizes.max()), min_sample_size=min_samples,
                       normalize=am.normalize, seed=0)
     if ds.skipped:
         log.warning("%s: %d utterance(s) shorter than %d samples get empty hypotheses", manifest.source,
-                    ds.skipped, MIN_SAMPLES)
+                    ds.skipped, min_samples)
     # sorted by length, cut under the padded-sample budget and the utterance count
     order = np.argsort(ds.sizes, kind="stable")
     batches: list[list[int]] = []

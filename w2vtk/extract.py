@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from w2vtk.audio import read_audio
 from w2vtk.checkpoint import load_checkpoint
+from w2vtk.cpu import use_cpu_kernels
 from w2vtk.errors import W2vtkError
 from w2vtk.fileio import atomic_open
 from w2vtk.model import Wav2Vec2Model, model_from_checkpoint, normalize_waveform
@@ -39,7 +40,7 @@ def extract(checkpoint: str | os.PathLike, layer: int | None, out_dir: str | os.
     `layer` None means the last layer.
     """
     ckpt = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(ckpt, checkpoint).to(device).eval()
+    model = use_cpu_kernels(model_from_checkpoint(ckpt, checkpoint), device).to(device).eval()
     layers = model.cfg.encoder_layers
     layer = layers if layer is None else layer
     if not 0 <= layer <= layers:

@@ -14,10 +14,9 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from w2vtk.dataset import Batch
+from w2vtk.dataset import Batch, to_device
 from w2vtk.decoding.greedy import greedy_ids
 from w2vtk.masking import channel_mask, time_mask, utterance_rngs
-from w2vtk.model.dropout import dropout
 from w2vtk.model.wav2vec2 import Wav2Vec2Model
 from w2vtk.pretraining import StepResult
 from w2vtk.scoring import ErrorCounts, align
@@ -49,28 +48,30 @@ class FinetuneObjective:
 
     def __call__(self, batch: Batch, step: int) -> StepResult:
         m, cfg = self.model, self.cfg
-        ids = batch.ids.tolist()
+        host = batch.host if batch.host is not None else batch  # ids and lengths without waiting for the device
+        ids = host.ids.tolist()
         # fairseq runs the frozen Transformer under no_grad: nothing to backpropagate into it.
         grad = contextlib.nullcontext() if not self.transformer_frozen else torch.no_grad()
         with grad:
             feats = m.extract_features(batch.wav, batch.lengths)
             b, t, _ = feats.features.shape
             lengths = feats.frame_lengths if feats.frame_lengths is not None else torch.full((b,), t)
-            mask_t = time_mask(lengths.tolist(), t, cfg.mask_prob, cfg.mask_length, cfg.min_masks,
+            frames = [t] * b if host.lengths is None else m.frame_lengths(host.lengths).tolist()
+            mask_t = time_mask(frames, t, cfg.mask_prob, cfg.mask_length, cfg.min_masks,
                                utterance_rngs(self.seed, step, ids, stream=2))
             mask_c = channel_mask(b, m.cfg.encoder_embed_dim, cfg.mask_channel_prob, cfg.mask_channel_length,
                                   utterance_rngs(self.seed, step, ids, stream=3))
             dev = feats.features.device
-            enc = m.encode(feats.features, feats.padding_mask, mask_time=torch.from_numpy(mask_t).to(dev),
-                           mask_channel=torch.from_numpy(mask_c).to(dev))
-        x = dropout(enc.x, cfg.final_dropout, m.training)
+            enc = m.encode(feats.features, feats.padding_mask, mask_time=to_device(torch.from_numpy(mask_t), dev),
+                           mask_channel=to_device(torch.from_numpy(mask_c), dev))
+        x = F.dropout(enc.x, cfg.final_dropout, m.training)
         logits = m.ctc_head(x)
         lprobs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (frame, batch, vocab)
         loss = F.ctc_loss(lprobs, batch.targets, lengths, batch.target_lengths, blank=0, reduction="sum",
                           zero_infinity=True)
-        tokens = int(batch.target_lengths.sum())
-        infeasible = ctc_infeasible(_split(batch.targets, batch.target_lengths), lengths.tolist())
-        return StepResult(loss, b, {"loss": loss.item() / max(tokens, 1), "tokens": tokens,
+        tokens = batch.target_lengths.sum()  # on the device: no wait for it
+        infeasible = ctc_infeasible(_split(host.targets, host.target_lengths), frames)
+        return StepResult(loss, b, {"loss": loss.detach() / tokens.clamp(min=1), "tokens": tokens,
                                     "ctc_infeasible": infeasible / max(b, 1)})
 
     # -- validation: CTC loss and greedy error rate --------------------------------------------------

@@ -67,3 +67,9 @@ def utterance_rngs(seed: int, step: int, ids: Sequence[int], stream: int = 0) ->
     """One Generator per utterance, keyed by (seed, update step, utterance id, stream)."""
     return [np.random.default_rng([seed, step, int(i), stream]) for i in ids]
 
+
+def utterance_seeds(seed: int, step: int, ids: Sequence[int], stream: int) -> list[int]:
+    """One 63-bit seed per utterance, keyed as `utterance_rngs`, for torch generators on any device."""
+    return [int(np.random.SeedSequence([seed, step, int(i), stream]).generate_state(1, np.uint64)[0]) >> 1
+            for i in ids]
+

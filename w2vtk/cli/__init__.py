@@ -46,7 +46,7 @@ class _Group(click.Group):
 # OSErrors about a named file that the user can fix (an output folder that is read-only, a path through a file).
 _PATH_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EISDIR)
 
-# commands whose work is a model's forward pass without gradients (w2vtk.host_memory: huge pages
+# commands whose work is a model's forward pass without gradients (w2vtk.cpu.host_memory: huge pages
 # speed those up, where training only grows its peak memory)
 _INFERENCE_COMMANDS = ("decode", "tune-lm", "transcribe", "extract")
 
@@ -85,12 +85,10 @@ def main(ctx: click.Context, verbose: int, seed: int) -> None:
         for noisy in ("urllib3", "matplotlib", "PIL", "numba", "transformers"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     ctx.obj = {"seed": seed, "verbose": verbose}
-    from w2vtk.host_memory import back_large_tensors_with_huge_pages, keep_freed_memory
+    from w2vtk.cpu import set_host_memory_policy
     from w2vtk.seeding import seed_everything
 
-    keep_freed_memory()  # large tensors reuse freed memory instead of faulting in fresh pages
-    if ctx.invoked_subcommand in _INFERENCE_COMMANDS:  # before the model's weights are allocated
-        back_large_tensors_with_huge_pages()
+    set_host_memory_policy(inference=ctx.invoked_subcommand in _INFERENCE_COMMANDS)
 
     seed_everything(seed)
 

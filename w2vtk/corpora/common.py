@@ -96,10 +96,9 @@ class HeaderReader:
     `submit` hands over paths as they turn up (a corpus walk, each folder's files); `results` waits
     for all of them. The workers read one folder's headers while the caller reads the next folder's
     transcripts: on 3042 LibriSpeech files the walk with its transcripts is about a third of a scan,
-    and it no longer waits for the headers or they for it. Measured on 3000 FLAC files:
-    soundfile.info in 2-4 threads ran 2x slower than a plain loop (the GIL), while processes also
-    parallelise the libsndfile fallback (WAV); with a cold page cache, 2-4 processes read FLAC
-    headers 1.5-2x faster than one. With jobs <= 1, or too few files to be worth a worker's start,
+    and it no longer waits for the headers or they for it. Processes rather than threads: soundfile.info
+    holds the GIL, and processes also parallelise the libsndfile fallback (WAV) and cold page-cache
+    reads (bench/README.md). With jobs <= 1, or too few files to be worth a worker's start,
     `results` reads them in this process.
     """
 

@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from torch import Tensor
+
 from w2vtk.errors import W2vtkError
 
 EXTRACTOR_MODES = ("group_norm", "layer_norm")
@@ -18,6 +20,15 @@ EXTRACTOR_MODES = ("group_norm", "layer_norm")
 def _base_conv_layers() -> list[list[int]]:
     # 7 layers, 512 channels; strides multiply to 320 samples = 20 ms, receptive field 400 = 25 ms.
     return [[512, 10, 5]] + [[512, 3, 2]] * 4 + [[512, 2, 2]] * 2
+
+
+def conv_output_lengths(lengths: int | Tensor, conv_layers: list[list[int]]) -> int | Tensor:
+    """Output frames of unpadded convolutions [channels, kernel, stride] over `lengths` input frames
+    (an int, or a (batch,) integer tensor): floor((L - kernel) / stride) + 1 per layer, at least 0."""
+    for _, kernel, stride in conv_layers:
+        lengths = (lengths - kernel) // stride + 1
+        lengths = lengths.clamp(min=0) if isinstance(lengths, Tensor) else max(lengths, 0)
+    return lengths
 
 
 @dataclass
@@ -74,6 +85,10 @@ class ModelConfig:
         for _, kernel, stride in reversed(self.conv_layers):
             field_ = (field_ - 1) * stride + kernel
         return field_
+
+    def frame_lengths(self, samples: int | Tensor) -> int | Tensor:
+        """Frames out of the CNN for `samples` samples (an int, or a (batch,) tensor)."""
+        return conv_output_lengths(samples, self.conv_layers)
 
     def validate(self) -> None:
         """Raise W2vtkError naming every inconsistent field."""

@@ -17,10 +17,8 @@ from torch import Tensor, nn
 
 from w2vtk.checkpoint import CheckpointError, architecture_mismatch
 from w2vtk.errors import W2vtkError
-from w2vtk.model.dropout import Dropout
-from w2vtk.model.linear import Linear
 from w2vtk.model.config import ARCH_KEYS, ModelConfig, base_config, large_config, tiny_config
-from w2vtk.model.encoder import FeatureExtractor, TransformerEncoder, conv_output_lengths, lengths_to_padding_mask
+from w2vtk.model.encoder import FeatureExtractor, TransformerEncoder, lengths_to_padding_mask
 from w2vtk.model.quantizer import GumbelVectorQuantizer, QuantizerOutput
 
 log = logging.getLogger(__name__)
@@ -91,8 +89,8 @@ class Wav2Vec2Model(nn.Module):
         dim = cfg.encoder_embed_dim
         self.feature_extractor = FeatureExtractor(cfg.conv_layers, cfg.extractor_mode, cfg.conv_bias)
         self.layer_norm = nn.LayerNorm(cfg.conv_dim)
-        self.post_extract_proj = Linear(cfg.conv_dim, dim) if cfg.conv_dim != dim else None
-        self.dropout_input = Dropout(cfg.dropout_input)
+        self.post_extract_proj = nn.Linear(cfg.conv_dim, dim) if cfg.conv_dim != dim else None
+        self.dropout_input = nn.Dropout(cfg.dropout_input)
         self.mask_emb = nn.Parameter(torch.empty(dim).uniform_())
         self.encoder = TransformerEncoder(
             dim, cfg.encoder_layers, cfg.encoder_ffn_embed_dim, cfg.encoder_attention_heads, cfg.conv_pos,
@@ -101,11 +99,11 @@ class Wav2Vec2Model(nn.Module):
         if cfg.latent_vars > 0:
             self.quantizer = GumbelVectorQuantizer(cfg.conv_dim, cfg.latent_vars, cfg.latent_groups,
                                                    cfg.codevector_dim)
-            self.project_q = Linear(cfg.codevector_dim, cfg.final_dim)
-            self.final_proj = Linear(dim, cfg.final_dim)
+            self.project_q = nn.Linear(cfg.codevector_dim, cfg.final_dim)
+            self.final_proj = nn.Linear(dim, cfg.final_dim)
         else:
             self.quantizer = self.project_q = self.final_proj = None
-        self.ctc_head = Linear(dim, cfg.vocab_size) if cfg.vocab_size > 0 else None
+        self.ctc_head = nn.Linear(dim, cfg.vocab_size) if cfg.vocab_size > 0 else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -124,11 +122,15 @@ class Wav2Vec2Model(nn.Module):
     # -- lengths ---------------------------------------------------------------------------------
     def frame_lengths(self, lengths: Tensor) -> Tensor:
         """(batch,) samples -> (batch,) frames out of the CNN (conv arithmetic, no padding)."""
-        return conv_output_lengths(lengths, self.cfg.conv_layers)
+        return self.cfg.frame_lengths(lengths)
 
     def _check_input(self, wav: Tensor, lengths: Tensor | None) -> None:
+        """One-line errors for inputs that yield no frame. Lengths on an accelerator are not read back
+        (that would wait for the device on every batch): the data loaders leave out short audio."""
         if wav.dim() != 2:
             raise W2vtkError(f"expected a waveform batch of shape (batch, sample), got shape {tuple(wav.shape)}")
+        if lengths is not None and lengths.device.type != "cpu":
+            lengths = None
         sizes = [wav.shape[1]] * wav.shape[0] if lengths is None else lengths.tolist()
         if lengths is not None and len(sizes) != wav.shape[0]:
             raise W2vtkError(f"{len(sizes)} lengths given for a batch of {wav.shape[0]} waveforms")
@@ -157,10 +159,11 @@ class Wav2Vec2Model(nn.Module):
             with torch.no_grad():
                 feats, frame_lengths = self.feature_extractor(wav, lengths)
         padding_mask = None
-        squared = feats.float().pow(2)
+        squared = feats.float().pow(2).mean(-1)  # (batch, frame)
         if frame_lengths is not None:
             padding_mask = lengths_to_padding_mask(frame_lengths, feats.shape[1])
-            penalty = squared[~padding_mask].mean()
+            valid = (~padding_mask).to(squared.dtype)
+            penalty = (squared * valid).sum() / valid.sum()
         else:
             penalty = squared.mean()
         return FeatureOutput(self.layer_norm(feats), penalty, padding_mask, frame_lengths)

@@ -49,13 +49,14 @@ class OptimConfig:
 @dataclass
 class TrainerConfig:
     precision: str = field(default="fp32", metadata=one_of("fp32", "bf16", "fp16"))  # fp16 needs CUDA
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N; auto and cuda take cuda:LOCAL_RANK under torchrun
     save_interval: int = field(default=1000, metadata=positive())  # updates between checkpoints
     valid_interval: int = field(default=1000, metadata=positive())
     log_interval: int = field(default=100, metadata=positive())
     keep_last: int = field(default=2, metadata=positive())  # numbered checkpoints kept besides last/best
     max_nonfinite: int = field(default=10, metadata=positive())  # consecutive skipped updates before abort
     threads: int = field(default=0, metadata=non_negative())  # torch intra-op threads; 0: torch's default
+    tf32: bool = True  # fp32 matmuls and convolutions on CUDA in TF32 (tensor cores); false: full fp32
 
 
 @dataclass

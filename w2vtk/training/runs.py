@@ -10,6 +10,7 @@ import torch
 
 from w2vtk.checkpoint import architecture_mismatch, load_checkpoint
 from w2vtk.config import ConfigError, load_config, to_dict
+from w2vtk.cpu import use_cpu_kernels
 from w2vtk.dataset import load_dataset
 from w2vtk.errors import W2vtkError
 from w2vtk.model.config import ARCH_KEYS, ModelConfig
@@ -39,12 +40,15 @@ def cli_overrides(max_updates: int | None = None, save_interval: int | None = No
 
 
 def _device(cfg: TrainerConfig) -> torch.device:
+    """The training device; each torchrun process takes the GPU of its local rank (auto, cuda)."""
     if cfg.device == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            return torch.device("cuda", D.local_rank())
         return torch.device("cpu")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"trainer.device={cfg.device}: no CUDA device is available here; use cpu or auto")
+    if cfg.device == "cuda":
+        return torch.device("cuda", D.local_rank())
     return torch.device(cfg.device)
 
 
@@ -54,6 +58,8 @@ def _start(cfg: TrainerConfig, seed: int) -> tuple[torch.device, D.DistInfo]:
     device = _device(cfg)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.tf32
     info = D.init_distributed(device)
     seed_everything(seed)  # the same model initialisation on every rank
     return device, info
@@ -95,13 +101,14 @@ def pretrain(config: str | os.PathLike | None, data_dir: str | os.PathLike, trai
         raise ConfigError(f"{config}: pretraining needs model.vocab_size=0 and model.latent_vars>0")
     device, info = _start(cfg.trainer, seed)
     exp_dir = Path(exp_dir)
-    kw = dict(crop=True, max_sample_size=cfg.data.max_sample_size, min_sample_size=cfg.data.min_sample_size,
+    kw = dict(crop=True, max_sample_size=cfg.data.max_sample_size,
+              min_sample_size=max(cfg.data.min_sample_size, cfg.model.receptive_field),
               normalize=cfg.data.normalize or cfg.model.normalize, seed=seed)
     train = load_dataset(data_dir, train_subset, **kw)
     valid = load_dataset(data_dir, valid_subset, **kw) if valid_subset else None
     model = build_model(cfg.model)
     start = _pretrain_init(cfg.model, init, model, resume_optimizer) if init else None
-    model = model.to(device)
+    model = use_cpu_kernels(model, device).to(device)
     log.info("pretraining a %.1f M-parameter model on %d utterances (%.2f h)%s", _millions(model), len(train),
              train.sizes.sum() / 16000 / 3600, f", continuing from {init}" if init else "")
     objective = PretrainObjective(model, cfg.task, seed)
@@ -151,8 +158,9 @@ def finetune(config: str | os.PathLike | None, data_dir: str | os.PathLike, trai
     exp_dir = Path(exp_dir)
     data_dir = Path(data_dir)
     vocab, label_ext, encode, sp_blob = _labels(cfg, data_dir, train_subset, exp_dir, info)
-    model = _finetune_model(cfg, init, vocab).to(device)
-    kw = dict(crop=False, max_sample_size=cfg.data.max_sample_size, min_sample_size=cfg.data.min_sample_size,
+    model = use_cpu_kernels(_finetune_model(cfg, init, vocab), device).to(device)
+    kw = dict(crop=False, max_sample_size=cfg.data.max_sample_size,
+              min_sample_size=max(cfg.data.min_sample_size, model.cfg.receptive_field),
               normalize=cfg.data.normalize or model.cfg.normalize, seed=seed, label_ext=label_ext, encode=encode)
     train = load_dataset(data_dir, train_subset, **kw)
     valid = load_dataset(data_dir, valid_subset, **kw) if valid_subset else None

@@ -4,6 +4,11 @@ It owns what both have in common: the optimizer (Adam with decoupled weight deca
 gradient accumulation, clipping, mixed precision, skipping non-finite updates, distributed gradient
 sums, validation, checkpoints (atomic; last/best/numbered), exact resume, the experiment lock, and the
 logs (EXP/log.jsonl, tqdm, and readable log lines). What is learnt comes from an `Objective`.
+
+Under torchrun each micro-batch's forward and backward run through DistributedDataParallel, which
+sums the gradients over processes during the backward of a group's last micro-batch (the others
+run under `no_sync`). The counts and losses summed over processes stay on the training device until
+one read per update.
 """
 from __future__ import annotations
 
@@ -39,8 +44,9 @@ log = logging.getLogger(__name__)
 
 
 class Objective(Protocol):
-    """What a training stage provides. Losses are sums over `sample_size` units; validation returns
-    sums too (so they add up over batches and ranks) and `valid_summary` turns them into metrics."""
+    """What a training stage provides. Losses are sums over `sample_size` units (an int or a tensor
+    on the training device); `stats` are per-unit means (floats or tensors); validation returns sums
+    too (so they add up over batches and ranks) and `valid_summary` turns them into metrics."""
 
     model: torch.nn.Module
     best_metric: str  # a key of valid_summary(); lower is better
@@ -90,6 +96,20 @@ def divide_and_clip(optimizer: torch.optim.Optimizer, params: list[torch.nn.Para
     return grad_norm
 
 
+class _ObjectiveStep(torch.nn.Module):
+    """The objective as a module whose forward is one micro-batch's loss, so that DistributedDataParallel
+    sees the forward it has to prepare for (the objective calls the model's parts, not its forward)."""
+
+    def __init__(self, objective: Objective):
+        super().__init__()
+        self.model = objective.model
+        self.objective = objective
+
+    def forward(self, batch: Batch, step: int):
+        result = self.objective(batch, step)
+        return result.loss, result
+
+
 class Trainer:
     def __init__(self, *, exp_dir: str | os.PathLike, objective: Objective, train: AudioDataset,
                  valid: AudioDataset | None, crop: bool, data_cfg: DataConfig, optim_cfg: OptimConfig,
@@ -122,6 +142,17 @@ class Trainer:
         self.best: float | None = None
         self.nonfinite = 0
         self.health = HealthMonitor.for_run(run.kind, run.train_config, self.exp_dir / "log.jsonl")
+        self._step_module: torch.nn.Module | None = None  # the objective, under DDP in a torchrun job
+        self._step_params: list[torch.nn.Parameter] = []
+
+    def _wrapped(self, params: list[torch.nn.Parameter]) -> torch.nn.Module:
+        """The module a micro-batch runs through: DDP registers the parameters that require gradients
+        when it is built, so it is built again when that set changes (fine-tuning unfreezes the
+        Transformer after its first updates)."""
+        if self._step_module is None or [id(p) for p in params] != [id(p) for p in self._step_params]:
+            self._step_module = D.wrap_model(_ObjectiveStep(self.objective), self.device, self.dist)
+            self._step_params = params
+        return self._step_module
 
     # ----------------------------------------------------------------------------------- checkpoints
     def _payload(self) -> dict[str, Any]:
@@ -222,7 +253,6 @@ class Trainer:
             for stale in self.ckpt_dir.glob(".*.tmp"):
                 log.info("removing %s, left by an interrupted checkpoint write", stale)
                 stale.unlink()
-        trainable = lambda: [p for p in self.model.parameters() if p.requires_grad]  # noqa: E731
         # In a log file (no terminal) the bar is redrawn every 30 s rather than continuously.
         bar = tqdm(total=max_updates, initial=self.step, desc=self.run.kind, unit="upd", dynamic_ncols=True,
                    disable=not self.dist.is_main, leave=True, mininterval=0.5 if sys.stderr.isatty() else 30)
@@ -239,7 +269,7 @@ class Trainer:
                 group.append(batch)
                 if len(group) < self.optim_cfg.update_freq:
                     continue
-                stats = self._update(group, trainable())
+                stats = self._update(group)
                 self.batches_done += len(group)
                 group = []
                 _accumulate(window, stats)
@@ -264,30 +294,38 @@ class Trainer:
         bar.close()
         return metrics
 
-    def _update(self, group: list[Batch], params: list[torch.nn.Parameter]) -> dict[str, float]:
+    def _update(self, group: list[Batch]) -> dict[str, float]:
         """One optimizer update from `group` (update_freq micro-batches)."""
         self.model.train()
         self.objective.on_update(self.step)
-        sums: dict[str, float] = {}
-        sample_size = 0
-        audio = 0
-        for batch in group:
+        params = [p for p in self.model.parameters() if p.requires_grad]  # after on_update's (un)freezing
+        step_module = self._wrapped(params)
+        # sample size, audio samples, then the stats' sums: on the device, read once after the sum over ranks
+        sums: dict[str, torch.Tensor] = {}
+        totals = torch.zeros(2, dtype=torch.float64, device=self.device)
+        for i, batch in enumerate(group):
+            audio = batch.num_samples  # on the host, before the copy
             batch = batch.to(self.device)
-            with self._autocast():
-                res = self.objective(batch, self.step)
-            loss = res.loss.float()
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
-            sample_size += res.sample_size
-            audio += batch.num_samples
+            last = i == len(group) - 1
+            with (contextlib.nullcontext() if last or not self.dist.enabled else step_module.no_sync()):
+                with self._autocast():
+                    loss, res = step_module(batch, self.step)
+                loss = loss.float()
+                try:
+                    (self.scaler.scale(loss) if self.scaler else loss).backward()
+                except RuntimeError as e:  # DDP sums the gradients during the last backward
+                    if last and self.dist.enabled and D.is_collective_failure(e):
+                        raise D.collective_error(self.dist, "summing gradients over processes", e) from None
+                    raise
+            size = torch.as_tensor(res.sample_size, dtype=torch.float64, device=self.device)
+            totals += torch.stack([size, size.new_tensor(float(audio))])
             for k, v in res.stats.items():
-                sums[k] = sums.get(k, 0.0) + v * res.sample_size
+                sums[k] = sums.get(k, 0.0) + torch.as_tensor(v, dtype=torch.float64, device=self.device) * size
         keys = sorted(sums)
-        totals = D.all_reduce_sum(torch.tensor([sample_size, audio] + [sums[k] for k in keys], dtype=torch.float64),
-                                  self.dist)
-        D.all_reduce_grads(params, self.dist)
-        total = max(float(totals[0]), 1.0)
+        totals = D.all_reduce_sum(torch.cat([totals] + [sums[k].reshape(1) for k in keys]), self.dist).tolist()
+        total = max(totals[0], 1.0)
         grad_norm = divide_and_clip(self.optimizer, params, total, self.optim_cfg.clip_norm, self.scaler)
-        stats = {k: float(v) / total for k, v in zip(keys, totals[2:].tolist())}  # over all ranks
+        stats = {k: v / total for k, v in zip(keys, totals[2:])}  # over all ranks
         finite = math.isfinite(grad_norm) and all(math.isfinite(v) for v in stats.values())
         lr = self.optim_cfg.lr * lr_multiplier(self.optim_cfg, self.step)
         for g in self.optimizer.param_groups:
@@ -311,7 +349,7 @@ class Trainer:
         else:
             self.nonfinite = 0
         self.step += 1
-        stats.update(lr=lr, grad_norm=grad_norm, audio_seconds=float(totals[1]) / SAMPLE_RATE)
+        stats.update(lr=lr, grad_norm=grad_norm, audio_seconds=totals[1] / SAMPLE_RATE)
         return stats
 
     def _autocast(self):
@@ -335,7 +373,8 @@ class Trainer:
                 for k, v in self.objective.valid_step(batch.to(self.device)).items():
                     sums[k] = sums.get(k, 0.0) + v
         keys = sorted(sums)
-        reduced = D.all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64), self.dist)
+        reduced = D.all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device),
+                                   self.dist)
         metrics = self.objective.valid_summary(dict(zip(keys, reduced.tolist())))
         if self.dist.is_main:
             self._write_log({"valid": True, "step": self.step, **metrics})

@@ -1,17 +1,14 @@
 """Host memory policy of w2vtk's processes: freed memory is kept for reuse instead of being returned,
 and the inference commands back large tensors with huge pages.
 
-glibc serves every allocation above 32 MB with its own mmap and unmaps it when freed, so each large
-tensor of a training step (a BASE step on 4 x 5 s makes dozens of 130-260 MB temporaries) starts as
-fresh pages that the kernel faults in and zeroes one by one. Measured on a BASE fp32 pretraining
-step with 2 threads: 4.5 s with glibc's defaults, 3.4 s with freed memory kept. Peak RSS grows by
-2-8 % with fixed batch shapes and by about 14 % with shapes that change every update.
-PyTorch's CPU tuning guide gets the same from jemalloc or tcmalloc; this needs no preload.
+glibc serves every large allocation with its own mmap and unmaps it when freed, so each large tensor
+of a training step starts as fresh pages that the kernel faults in and zeroes one by one. Keeping
+freed memory for reuse avoids that, at the cost of a somewhat higher peak RSS. PyTorch's CPU tuning
+guide gets the same from jemalloc or tcmalloc; this needs no preload.
 
-Transparent huge pages (2 MB instead of 4 kB; fewer TLB misses over large operands) sped up a BASE
-CTC forward over 4 x 10 s: 1.83-1.98 s against 1.90-2.04 s without (medians of five alternating
-processes each). A BASE pretraining update gained nothing from them and its peak RSS grew by
-300-400 MB (memory comes in 2 MB at a time), so only the inference commands take them.
+Transparent huge pages (fewer TLB misses over large operands) speed up the inference forward pass;
+training gained nothing from them and grew its peak RSS (memory comes in 2 MB at a time), so only
+the inference commands take them. bench/README.md has the measurements.
 
 Both settings are process-wide and only change where memory comes from, never what is computed.
 `W2VTK_KEEP_FREED_MEMORY=0` in the environment leaves glibc's defaults alone, `W2VTK_HUGE_PAGES=0`

@@ -3,15 +3,14 @@ contiguous rows.
 
 After the first layer, the paper's CNN has only stride-2 layers: kernel 3 (layers 2-5) and kernel
 2 (layers 6-7). A stride-2 layer reads its input's even and odd frames as separate operands, and
-with Winograd's minimal filtering over output pairs (see `_Kernel3Stride2Conv` in
-w2vtk.model.encoder) frames 4s, 4s+1, 4s+2 and 4s+3. Kept in time order, those are strided rows,
-which the GEMMs read at 120-160 GFLOP/s on an AMD EPYC where contiguous rows run at 180-210, and
-whose results have to be interleaved back. Here the first layer writes frame 2^D q + r of each
-utterance to row q of plane bitrev(r) instead (D = the number of stride-2 layers, r < 2^D, bits of
-r reversed): the even frames are then the first half of the planes and the odd ones the second,
-and so on down, so every operand of every later layer is a run of whole planes, and each layer's
-two outputs (its even and odd frames) are already the two halves the next layer reads. After the
-last layer one plane remains, in time order.
+with Winograd's minimal filtering over output pairs (`_kernel3`) frames 4s, 4s+1, 4s+2 and 4s+3.
+Kept in time order, those are strided rows, which GEMMs read slower than contiguous ones, and whose
+results have to be interleaved back. Here the first layer writes frame 2^D q + r of each utterance
+to row q of plane bitrev(r) instead (D = the number of stride-2 layers, r < 2^D, bits of r
+reversed): the even frames are then the first half of the planes and the odd ones the second, and
+so on down, so every operand of every later layer is a run of whole planes, and each layer's two
+outputs (its even and odd frames) are already the two halves the next layer reads. After the last
+layer one plane remains, in time order.
 
 The first layer's frames are padded to a multiple of 2^D (repeating its last window); the padded
 frames only reach outputs past the last valid one of each layer, which are dropped at the end, so
@@ -25,8 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from w2vtk.model.channel_norm import ChannelNorm, fold_channel_norm
-from w2vtk.model.linear import gelu_of_fresh, linear, needs_grad, plain_fp32
+from w2vtk.cpu.channel_norm import channel_normed_conv
+from w2vtk.cpu.linear import gelu_of_fresh, linear, needs_grad, plain_fp32
+from w2vtk.model.config import conv_output_lengths
+from w2vtk.model.encoder import ChannelNorm
 
 
 def applies(blocks: nn.ModuleList, wav: Tensor) -> bool:
@@ -46,9 +47,7 @@ def applies(blocks: nn.ModuleList, wav: Tensor) -> bool:
 
 
 def _output_frames(samples: int, blocks: nn.ModuleList) -> int:
-    for block in blocks:
-        samples = (samples - block.kernel) // block.stride + 1
-    return samples
+    return conv_output_lengths(samples, [[0, block.kernel, block.stride] for block in blocks])
 
 
 @functools.lru_cache(maxsize=16)
@@ -61,9 +60,8 @@ def features_in_phase_planes(blocks: nn.ModuleList, wav: Tensor, lengths: Tensor
     """The CNN's output for `wav` (batch, sample), (batch, frame, channel), as the blocks' own
     forward gives it; `lengths` (batch,) valid samples or None (for the first layer's norm).
 
-    About 10 s of audio at a time (one utterance of 10 s or more): BASE CTC's forward on 4 x 10 s
-    took 3.01 s this way and 3.08 s with two or four utterances at a time, at a peak RSS of 1.22
-    GB against 1.46 and 2.05, as every layer's output and intermediates shrink with the group."""
+    About 10 s of audio at a time (one utterance of 10 s or more): as fast as larger groups, and
+    every layer's output and intermediates shrink with the group."""
     group = max(1, _GROUP_FRAMES // max(1, _output_frames(wav.shape[1], blocks[:1])))
     return torch.cat([_group_features(blocks, wav[b:b + group], None if lengths is None else lengths[b:b + group])
                       for b in range(0, wav.shape[0], group)])
@@ -99,22 +97,11 @@ def _group_features(blocks: nn.ModuleList, wav: Tensor, lengths: Tensor | None) 
 
 def _first_layer(block: nn.Module, wav: Tensor, frames: Tensor, lengths: Tensor | None) -> Tensor:
     """The first layer's output frames in the (plane, row) order of `frames`: (plane, batch, row, out)."""
+    if isinstance(block.norm, ChannelNorm):
+        return channel_normed_conv(block, wav, lengths, order=frames)
     weight = block.conv.weight  # (out, 1, kernel)
     out_ch, _, kernel = weight.shape
-    batch = wav.shape[0]
-    planes, rows = frames.shape
-    windows = wav.unfold(1, kernel, block.stride)  # (batch, frame, kernel), a view
-    if isinstance(block.norm, ChannelNorm):
-        mean, w_scaled = fold_channel_norm(windows, weight.view(out_ch, kernel), block.norm, lengths)
-        out = wav.new_empty(planes, batch, rows, out_ch)
-        for b in range(batch):
-            ordered = (windows[b] - mean[b])[frames]  # (plane, row, kernel)
-            w_t = w_scaled[b].t()
-            for p in range(planes):  # one plane of one utterance (1 MB for 500 rows) at a time, in cache
-                torch.addmm(block.norm.bias, ordered[p], w_t, out=out[p, b])
-                torch.ops.aten.gelu_(out[p, b])
-        return out
-    ordered = windows[:, frames].transpose(0, 1)  # (plane, batch, row, kernel)
+    ordered = wav.unfold(1, kernel, block.stride)[:, frames].transpose(0, 1)  # (plane, batch, row, kernel)
     return _activated(block, linear(ordered, weight.view(out_ch, kernel), block.conv.bias))
 
 
@@ -128,7 +115,8 @@ def _kernel3(block: nn.Module, even: Tensor, odd: Tensor) -> tuple[Tensor, Tenso
     at least two planes) -> its output's even and odd planes, (plane / 2, batch, row, out) each.
 
     With xj[s] = input frame 4s + j (the halves of even: j = 0 then 2; of odd: 1 then 3) and
-    W = (W0, W1, W2), as in `_Kernel3Stride2Conv`:
+    W = (W0, W1, W2), y[t] = W0 x[2t] + W1 x[2t+1] + W2 x[2t+2]; over the output pair (2s, 2s+1)
+    three products instead of four, as the shared (W0 + W2) x2 serves both:
         y[2s]   = W0 (x0[s] - x2[s])   + (W0 + W2) x2[s] + W1 x1[s]
         y[2s+1] = W2 (x0[s+1] - x2[s]) + (W0 + W2) x2[s] + W1 x3[s]
     """

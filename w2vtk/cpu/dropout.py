@@ -1,17 +1,14 @@
 """Dropout with a cheaper mask on CPUs.
 
 torch's CPU dropout draws one Bernoulli sample per element, the largest element-wise cost of a
-training step (about 8 % of a BASE pretraining update in fp32). Here the mask comes from 16 random
-bits per element, compared with a threshold: the drop probability is p rounded to a multiple of
-2**-16 (0.1 becomes 0.100006), and kept values are scaled by the exact 1 / (1 - that probability),
-so the expectation is unchanged. The bits come from numpy's SFC64 generator, seeded by one 64-bit
-draw from torch's default generator, so torch.manual_seed and saved generator states decide them:
-torch's CPU generator (mt19937, one thread) makes 0.74 M 64-bit words in 2.1-4.2 ms, SFC64 in 1.2.
-Other devices keep torch's kernel.
+training step. Here the mask comes from 16 random bits per element (torch's generator, 64 bits per
+draw, viewed as four int16), compared with a threshold: the drop probability is p rounded to a
+multiple of 2**-16 (0.1 becomes 0.100006), and kept values are scaled by the exact
+1 / (1 - that probability), so the expectation is unchanged. torch.manual_seed and saved generator
+states decide the bits. Other devices keep torch's kernel.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -20,11 +17,10 @@ _LEVELS = 1 << 16  # an int16 holds 16 random bits: [-2**15, 2**15)
 
 
 def _random_int16(shape: torch.Size) -> Tensor:
-    """Uniform over all int16 values, four to each 64-bit word."""
+    """Uniform over all int16 values, four to each 64-bit draw of torch's generator."""
     n = shape.numel()
-    seed = int(torch.empty((), dtype=torch.int64).random_())
-    words = np.random.SFC64(seed).random_raw((n + 3) // 4)
-    return torch.from_numpy(words.view(np.int16)[:n]).view(shape)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-2**63, None)  # the full 64-bit range
+    return words.view(torch.int16)[:n].view(shape)
 
 
 def draws_cheap_mask(x: Tensor, p: float) -> bool:
@@ -37,9 +33,7 @@ def keep_mask_into(out: Tensor, p: float) -> float:
     dtype, dropping with probability p rounded to a multiple of 2**-16. Returns the scale of the kept
     values, 1 / (1 - that probability)."""
     dropped = round(p * _LEVELS)  # values below -2**15 + dropped are dropped
-    # the comparison writes the 0/1 mask in out's dtype directly: no bool mask and cast (4 x 12 x 249 x
-    # 249 attention probabilities: 2.7 -> 1.9 ms)
-    torch.ge(_random_int16(out.shape), dropped - _LEVELS // 2, out=out)
+    torch.ge(_random_int16(out.shape), dropped - _LEVELS // 2, out=out)  # the 0/1 mask in out's dtype
     return _LEVELS / (_LEVELS - dropped)
 
 
@@ -53,7 +47,7 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     return x * keep.mul_(keep_mask_into(keep, p))
 
 
-class Dropout(nn.Dropout):
+class CheapDropout(nn.Dropout):
     """nn.Dropout through `dropout`."""
 
     def forward(self, x: Tensor) -> Tensor:

@@ -1,14 +1,13 @@
-"""Linear layers through oneDNN on CPUs in fp32.
+"""Linear layers through oneDNN's inner product on CPUs in fp32.
 
-torch's fp32 `F.linear` on a CPU is a BLAS GEMM (MKL in the x86 wheels). oneDNN's inner-product
-primitive, which torch ships for its own graph optimisations (`torch.ops.mkldnn._linear_pointwise`),
-runs the Transformer's products 10-20 % faster on an AMD EPYC (Zen 4, AVX-512): 193-209 GFLOP/s
-against 168-186 for (2000, 768) x (768, 3072) and the like, in the same process, alternating; on an
-Intel Xeon (AVX-512, AMX) the two ran level. In training the input's gradient goes through oneDNN
-too (dy W: 194-211 against 170-191 GFLOP/s) and the weight's stays with BLAS, as fast or faster on
-six shapes of eight (dy^T x: 173-191 against 150-201). Results differ from BLAS's by rounding only
-(summation order), as between any two GEMMs. Under autocast, on other devices and for other
-dtypes, `F.linear` applies.
+torch's fp32 `F.linear` on a CPU is a BLAS GEMM; oneDNN's inner-product primitive, which torch ships
+for its own graph optimisations (`torch.ops.mkldnn._linear_pointwise`), runs the Transformer's and
+the CNN's products faster on some CPUs (bench/README.md). In training the input's gradient goes
+through oneDNN too and the weight's stays with BLAS. Results differ from BLAS's by rounding only
+(summation order). Under autocast, on other devices and for other dtypes, `F.linear` applies.
+
+Also here: the predicates the CPU kernels share (`plain_fp32`, `needs_grad`) and GELU in place on a
+fresh tensor.
 """
 from __future__ import annotations
 
@@ -35,26 +34,25 @@ def needs_grad(*tensors: Tensor | None) -> bool:
 
 
 def plain_fp32(x: Tensor) -> bool:
-    """fp32 outside autocast: the oneDNN, in-place and out= paths of the model apply."""
-    return x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)
+    """fp32 on a CPU outside autocast: the oneDNN, in-place and out= paths apply."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
 
 
 def gelu_of_fresh(x: Tensor) -> Tensor:
-    """GELU of a tensor its caller has just made and nothing else holds: in place (one pass, no new
-    buffer) where autograd does not need x, e.g. at inference."""
+    """GELU of a tensor its caller has just made and nothing else holds: in place (no new buffer)
+    where autograd does not need x, e.g. at inference."""
     if plain_fp32(x) and not needs_grad(x):
         return torch.ops.aten.gelu_(x)
     return F.gelu(x)
 
 
 def _onednn_applies(x: Tensor, weight: Tensor) -> bool:
-    return _ONEDNN and x.device.type == "cpu" and plain_fp32(x) and weight.dtype == torch.float32
+    return _ONEDNN and plain_fp32(x) and weight.dtype == torch.float32
 
 
-def _inner_product(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str = "none") -> Tensor:
-    """x (..., in) @ weight (out, in)^T + bias, optionally followed by "gelu" (erf), by oneDNN."""
-    algorithm = "none" if activation == "gelu" else ""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], algorithm)
+def _inner_product(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """x (..., in) @ weight (out, in)^T + bias, by oneDNN."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
 class _OneDnnLinear(torch.autograd.Function):
@@ -81,30 +79,22 @@ class _OneDnnLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_bias
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str = "none",
-           add: Tensor | None = None) -> Tensor:
-    """F.linear(x, weight, bias), by oneDNN where it applies; `activation="gelu"` applies GELU to the
-    result, `add` adds a tensor of the result's shape to it: either fused into the product where
-    nothing needs gradients, else as a second pass (GELU in place where it can).
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, add: Tensor | None = None) -> Tensor:
+    """F.linear(x, weight, bias) (+ add), by oneDNN where it applies; `add`, a tensor of the result's
+    shape, is fused into the product where nothing needs gradients, else added after it.
     x: (..., in); weight: (out, in); bias: (out,) or None; add: (..., out) or None. Returns (..., out)."""
-    if activation not in ("none", "gelu"):
-        raise ValueError(f"activation must be 'none' or 'gelu', not {activation!r}")
     if add is not None:
-        if activation != "none":
-            raise ValueError("linear() fuses either an activation or an addition, not both")
         if _onednn_applies(x, weight) and not needs_grad(x, weight, bias, add):
             return torch.ops.mkldnn._linear_pointwise.binary(x, add, weight, bias, "add")
         return linear(x, weight, bias) + add
-    if _onednn_applies(x, weight):
-        if not needs_grad(x, weight, bias):
-            return _inner_product(x, weight, bias, activation)
-        y = _OneDnnLinear.apply(x, weight, bias)
-    else:
-        y = F.linear(x, weight, bias)
-    return gelu_of_fresh(y) if activation == "gelu" else y
+    if not _onednn_applies(x, weight):
+        return F.linear(x, weight, bias)
+    if not needs_grad(x, weight, bias):
+        return _inner_product(x, weight, bias)
+    return _OneDnnLinear.apply(x, weight, bias)
 
 
-class Linear(nn.Linear):
+class OneDnnLinear(nn.Linear):
     """nn.Linear through `linear` (the same parameters and state-dict names)."""
 
     def forward(self, x: Tensor) -> Tensor:
