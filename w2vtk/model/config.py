@@ -75,6 +75,14 @@ class ModelConfig:
             field_ = (field_ - 1) * stride + kernel
         return field_
 
+    @property
+    def frame_stride(self) -> int:
+        """Samples between consecutive output frames: the product of the CNN strides (320 = 20 ms)."""
+        stride = 1
+        for _, _, layer_stride in self.conv_layers:
+            stride *= layer_stride
+        return stride
+
     def validate(self) -> None:
         """Raise W2vtkError naming every inconsistent field."""
         problems = []
