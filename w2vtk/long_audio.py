@@ -12,7 +12,8 @@ Windows start on multiples of the CNN's stride, so frame j of a window is frame 
 whole recording, and times computed from the joined frames are those of the recording. Only the
 (frame, vocab) log-probabilities of the whole recording are kept (at 50 frames a second, 6 KB a
 second for a 32-symbol vocabulary), never its audio. Models that normalise their input get the mean
-and variance of the whole recording, from a first pass over it.
+and variance of the whole recording, from a first pass over it. Other rates than 16 kHz are resampled
+window by window; the context absorbs the resampling filter's edges.
 """
 from __future__ import annotations
 
@@ -60,14 +61,29 @@ def _read(f, path, start: int, count: int) -> np.ndarray:
 
 
 def _mean_std(f, path, eps: float = 1e-5) -> tuple[float, float]:
-    """Mean and standard deviation of the whole file (native rate), read block by block."""
+    """Mean and standard deviation of the whole file at 16 kHz, read (and resampled) block by block.
+    Blocks start on whole samples at both rates and are resampled with a margin on both sides that is
+    then cut off, so the blocks tile the resampled file as whole-file resampling gives it."""
+    from w2vtk.audio import resample
+
+    unit = f.samplerate // math.gcd(f.samplerate, SAMPLE_RATE)  # native samples per whole 16 kHz sample
+    block = max(unit, _STATS_BLOCK // unit * unit)
+    margin = 0 if f.samplerate == SAMPLE_RATE else unit * -(-4096 // unit)
+    total16 = resampled_length(f.frames, f.samplerate)
     total = total_sq = 0.0
     n = 0
-    for start in range(0, f.frames, _STATS_BLOCK):
-        block = _read(f, path, start, min(_STATS_BLOCK, f.frames - start)).astype(np.float64)
-        total += block.sum()
-        total_sq += (block * block).sum()
-        n += len(block)
+    for start in range(0, f.frames, block):
+        a, b = max(0, start - margin), min(f.frames, start + block + margin)
+        wav = _read(f, path, a, b - a)
+        if f.samplerate != SAMPLE_RATE:
+            wav = resample(wav, f.samplerate)
+        lo = (start - a) * SAMPLE_RATE // f.samplerate
+        last = start + block >= f.frames
+        count = total16 - n if last else block * SAMPLE_RATE // f.samplerate
+        part = wav[lo:lo + count].astype(np.float64)
+        total += part.sum()
+        total_sq += (part * part).sum()
+        n += len(part)
     mean = total / max(n, 1)
     return mean, math.sqrt(max(total_sq / max(n, 1) - mean * mean, 0.0) + eps)
 
