@@ -105,3 +105,13 @@ def test_cli(exp, tmp_path):
     empty.mkdir()
     result = CliRunner().invoke(main, ["results", str(empty)])
     assert result.exit_code == 2 and result.output.startswith("error: ")
+
+
+def test_results_link_the_ctm_of_each_subset(exp):
+    for model, decoding in (("pretrained", "greedy"), ("scratch", "4gram")):
+        (exp / "decode" / model / "test-clean" / decoding / "hyp.ctm").write_text("u A 0.1 0.2 WORD 0.9\n")
+    md, _ = write_results(exp)
+    text = md.read_text()
+    assert ("- test-clean: [pretrained, greedy](decode/pretrained/test-clean/greedy/hyp.ctm), "
+            "[scratch, 4gram](decode/scratch/test-clean/4gram/hyp.ctm)") in text
+    assert "- dev-clean:" not in text  # no CTM there, no link

@@ -63,3 +63,29 @@ def textgrid(duration: float, tiers: dict[str, Sequence[TimedWord]]) -> str:
             lines += [f"        intervals [{i}]:", f"            xmin = {a:.3f}", f"            xmax = {b:.3f}",
                       f"            text = {_quote(text)}"]
     return "\n".join(lines) + "\n"
+
+
+def read_ctm(path) -> dict[str, list[TimedWord]]:
+    """{file id: its timed words in file order} of a CTM file; W2vtkError names a malformed line."""
+    from pathlib import Path
+
+    from w2vtk.errors import W2vtkError
+
+    out: dict[str, list[TimedWord]] = {}
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise W2vtkError(f"{path}: no such CTM file; `w2vtk decode`, `transcribe --format ctm` or `align` write "
+                         "them") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if not fields or fields[0].startswith(";;"):
+            continue
+        try:
+            conf = float(fields[5]) if len(fields) > 5 else 1.0
+            word = TimedWord(fields[4], float(fields[2]), float(fields[3]), conf)
+        except (IndexError, ValueError):
+            raise W2vtkError(f"{path}:{n}: expected `file channel start duration word [confidence]`, got "
+                             f"{line.strip()!r}") from None
+        out.setdefault(fields[0], []).append(word)
+    return out
