@@ -78,6 +78,10 @@ def test_finetuned_model_decodes_far_better_than_chance(prepared_librispeech, tm
                           "--subset", "train-clean-100", "--out", str(out)],
                          capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    wer = json.loads((out / "wer.json").read_text())["wer"]
+    summary = json.loads((out / "wer.json").read_text())
+    wer = summary["wer"]
     # Chance (or an all-blank model) is 100% WER; a model that learnt the utterances it saw is far below.
     assert wer < 60, wer
+    # Its word confidences mean something: right words are more confident than wrong ones (0.5: chance).
+    assert summary["confidence_auc"] > 0.6, summary
+    assert summary["confidence_ece"] < 0.3, summary
