@@ -838,3 +838,46 @@ def output_folder_is_a_file(ws):
     return Invocation(["lm", "lexicon", str(ws.arpa), str(blocker / "lexicon.txt")],
                       error=(str(blocker / "lexicon.txt"), "a file is in the way", "check the path"),
                       untouched=(blocker,))
+
+
+# ------------------------------------------------------------------------ transcripts, N-best and alignment
+
+@case
+def nbest_zero(ws):
+    return Invocation(decode(ws, ws.prepared, "dev-clean", "--nbest", "0"), error=("--nbest 0", "at least 1"),
+                      untouched=(ws.tmp / "decoded",))
+
+
+@case
+def transcript_format_unknown(ws):
+    audio = write_sound(ws.tmp / "a.wav", tone(1.0))
+    return Invocation(["transcribe", "--checkpoint", str(ws.checkpoint), "--format", "xml", str(audio)],
+                      error=("--format 'xml'", "text, json, ctm, textgrid"))
+
+
+@case
+def align_symbol_outside_the_vocabulary(ws):
+    data = copy_data(ws)
+    ltr = data / "dev-clean.ltr"
+    lines = ltr.read_text().splitlines()
+    lines[2] = lines[2].replace("E", "É", 1)
+    ltr.write_text("\n".join(lines) + "\n")
+    out = ws.tmp / "aligned"
+    return Invocation(["align", "--checkpoint", str(ws.checkpoint), "--data", str(data), "--subset", "dev-clean",
+                       "--out", str(out)], error=(f"{ltr}:3", "É", "outside the model's ltr vocabulary",
+                                                  "correct the transcript"), untouched=(out,))
+
+
+@case
+def align_audio_shorter_than_one_frame(ws):
+    data = copy_data(ws)
+    folder = ws.tmp / "audio"
+    folder.mkdir()
+    write_sound(folder / "long.wav", tone(1.0))
+    victim = write_sound(folder / "short.wav", tone(0.02))  # 320 samples < 400
+    (data / "mine.tsv").write_text(f"{folder}\nlong.wav\t16000\nshort.wav\t320\n")
+    (data / "mine.ltr").write_text("A |\nB |\n")
+    out = ws.tmp / "aligned"
+    return Invocation(["align", "--checkpoint", str(ws.checkpoint), "--data", str(data), "--subset", "mine",
+                       "--out", str(out)], error=(str(victim), "shorter than one frame", "remove it"),
+                      untouched=(out,))

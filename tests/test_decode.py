@@ -245,6 +245,33 @@ def _sclite_counts(out: Path) -> tuple[int, ...]:
     return tuple(int(x) for x in m.groups())
 
 
+def _sclite_ctm_counts(out: Path) -> tuple[int, ...]:
+    """(words, sub, del, ins) of sclite scoring hyp.ctm against ref.stm."""
+    res = subprocess.run(["sctk", "sclite", "-h", str(out / "hyp.ctm"), "ctm", "-r", str(out / "ref.stm"), "stm",
+                          "-o", "rsum", "stdout"], capture_output=True, text=True, check=True)
+    m = re.search(r"\|\s*Sum\s*\|\s*(\d+)\s+(\d+)\s*\|\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", res.stdout)
+    assert m, res.stdout[-3000:]
+    _, wrd, _, sub, dele, ins = (int(x) for x in m.groups())
+    return wrd, sub, dele, ins
+
+
+def _check_nbest(out: Path, n: int) -> None:
+    """nbest.jsonl: up to n distinct hypotheses per utterance, the first the 1-best of hyp.trn; the oracle
+    is at most the 1-best error rate."""
+    hyps = read_trn(out / "hyp.trn")
+    lines = [json.loads(x) for x in (out / "nbest.jsonl").read_text().splitlines()]
+    assert [x["id"] for x in lines] == list(hyps)
+    for line in lines:
+        entries = line["hyps"]
+        assert 1 <= len(entries) <= n and entries[0]["text"].split() == hyps[line["id"]]
+        assert len({e["text"] for e in entries}) == len(entries)
+        assert all(set(e) == {"text", "am", "lm", "words", "score"} and e["words"] == len(e["text"].split())
+                   for e in entries)
+    summary = json.loads((out / "wer.json").read_text())
+    assert summary["oracle_wer"] <= summary["wer"]
+    assert any(len(x["hyps"]) > 1 for x in lines)
+
+
 def test_decode_command_blank_model_deletes_every_word(librispeech_setup, tmp_path):
     s = librispeech_setup
     res = CliRunner().invoke(main, ["decode", "--checkpoint", str(s["blank"]), "--data", str(s["data"]),
@@ -266,7 +293,7 @@ def test_decode_with_lm_in_worker_processes_agrees_with_sclite(librispeech_setup
     out = tmp_path / "lm"
     proc = subprocess.run([W2VTK, "decode", "--checkpoint", str(s["random"]), "--data", str(s["data"]),
                            "--subset", "dev-clean", "--out", str(out), "--lm", str(s["bin"]), "--lexicon",
-                           str(s["lexicon"]), "--beam", "8", "--jobs", "2", "--word-score", "2"],
+                           str(s["lexicon"]), "--beam", "8", "--jobs", "2", "--word-score", "2", "--nbest", "4"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((out / "wer.json").read_text())
@@ -278,6 +305,31 @@ def test_decode_with_lm_in_worker_processes_agrees_with_sclite(librispeech_setup
     assert all(w in words for h in hyps.values() for w in h)  # a lexicon decoder only produces lexicon words
     snt, wrd, corr, sub, dele, ins = _sclite_counts(out)
     assert (wrd, sub, dele, ins) == (summary["ref_tokens"], summary["sub"], summary["del"], summary["ins"])
+    assert _sclite_ctm_counts(out) == (wrd, sub, dele, ins)
+    _check_nbest(out, 4)
+
+
+def test_ctm_of_greedy_and_lexicon_free_decoding_scores_as_wer_json(librispeech_setup, tmp_path):
+    s = librispeech_setup
+    for decoder in ("greedy", "pyctcdecode"):
+        out = tmp_path / decoder
+        lm = ["--lm", str(s["bin"]), "--lexicon", str(s["lexicon"]), "--nbest", "5", "--beam", "16"] if decoder != "greedy" else []
+        res = CliRunner().invoke(main, ["decode", "--checkpoint", str(s["random"]), "--data", str(s["data"]),
+                                        "--subset", "dev-clean", "--out", str(out), "--decoder", decoder, *lm])
+        assert res.exit_code == 0, res.output
+        summary = json.loads((out / "wer.json").read_text())
+        assert summary["ins"] + summary["sub"] > 0  # words are hypothesised, so the CTM is not empty
+        assert _sclite_ctm_counts(out) == (summary["ref_tokens"], summary["sub"], summary["del"], summary["ins"])
+        ctm = [line.split() for line in (out / "hyp.ctm").read_text().splitlines()]
+        hyps = read_trn(out / "hyp.trn")
+        assert [f[4] for f in ctm] == [w for utt in sorted(hyps) for w in hyps[utt]]
+        for f in ctm:
+            assert f[1] == "A" and float(f[2]) >= 0 and float(f[3]) > 0 and 0 <= float(f[5]) <= 1
+        # a random model gets (nearly) every word wrong: no AUC without right words, a large calibration error
+        assert summary["confidence_auc"] is None or 0 <= summary["confidence_auc"] <= 1
+        assert 0 <= summary["confidence_ece"] <= 1
+        if decoder != "greedy":
+            _check_nbest(out, 5)
 
 
 def test_transcribe_matches_decode_and_reads_other_rates(librispeech_setup, tmp_path):

@@ -103,3 +103,7 @@ def test_finetuned_model_decodes_unseen_sentences_better_than_chance(heldout, tm
     # An all-blank model, or one that guesses letters, is at 100% CER or more; one that learnt letters
     # from sounds reads unseen speakers and sentences far better.
     assert counts.rate() < CER_UNSEEN, counts
+    summary = json.loads((out / "wer.json").read_text())
+    # Its word confidences mean something: right words are more confident than wrong ones (0.5: chance).
+    assert summary["confidence_auc"] > 0.55, summary
+    assert summary["confidence_ece"] < 0.35, summary

@@ -178,3 +178,24 @@ def test_health_records_are_no_curve_points_and_healthy_ranges_are_shaded(pretra
                         lambda ax, *a, **kw: shaded.append(ax.get_title() or kw.get("label")) or real(ax, *a, **kw))
     plot_training([run], pretrain_exp / "out.png")
     assert len(shaded) == 3  # the two perplexities and the gradient norm (accuracy: not before update 100)
+
+
+def test_alignment_picture(tmp_path):
+    import numpy as np
+
+    from w2vtk.audio import write_audio
+    from w2vtk.plot import plot_alignment
+
+    write_audio(tmp_path / "utt1.wav", 0.1 * np.sin(np.arange(32000) / 5.0).astype(np.float32))
+    (tmp_path / "words.ctm").write_text("utt1 A 0.100 0.400 HELLO 0.9000\nutt1 A 0.600 0.300 WORLD 0.4000\n"
+                                        "utt2 A 0.000 0.100 OTHER 1.0000\n")
+    res = CliRunner().invoke(main, ["plot", "--audio", str(tmp_path / "utt1.wav"), "--ctm", str(tmp_path / "words.ctm"),
+                                    "-o", str(tmp_path / "a.png")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(PlotError, match="no words of 'utt3'"):
+        plot_alignment(tmp_path / "utt1.wav", tmp_path / "words.ctm", tmp_path / "b.png", utterance="utt3")
+    write_audio(tmp_path / "utt9.wav", np.zeros(16000, np.float32))
+    with pytest.raises(PlotError, match="--utterance"):  # two recordings, neither named like the audio
+        plot_alignment(tmp_path / "utt9.wav", tmp_path / "words.ctm", tmp_path / "b.png")
+    assert not (tmp_path / "b.png").exists()

@@ -139,3 +139,13 @@ def test_intervals_and_paired_probabilities_from_the_trn_files(tmp_path):
     ci = data["results"]["pretrained"]["test-clean"]["4gram"]["ci95"]
     assert f"({ci[0]:.2f}-{ci[1]:.2f})" in text
     assert "test-clean: pretrained, 4gram better than pretrained, greedy: p = " in text
+
+
+def test_results_link_the_ctm_of_each_subset(exp):
+    for model, decoding in (("pretrained", "greedy"), ("scratch", "4gram")):
+        (exp / "decode" / model / "test-clean" / decoding / "hyp.ctm").write_text("u A 0.1 0.2 WORD 0.9\n")
+    md, _ = write_results(exp)
+    text = md.read_text()
+    assert ("- test-clean: [pretrained, greedy](decode/pretrained/test-clean/greedy/hyp.ctm), "
+            "[scratch, 4gram](decode/scratch/test-clean/4gram/hyp.ctm)") in text
+    assert "- dev-clean:" not in text  # no CTM there, no link

@@ -1,8 +1,9 @@
 """Decoding a subset with a fine-tuned checkpoint, and transcribing audio files.
 
     checkpoint --(model, eval, inference_mode)--> (frame, vocab) log-probabilities per utterance
-               --(w2vtk.decoding: greedy or beam search with an LM)--> words
-               --(w2vtk.scoring, sclite's counts)--> hyp.trn, ref.trn, errors.txt, wer.json
+               --(w2vtk.decoding: greedy or beam search with an LM)--> words, N-best hypotheses
+               --(w2vtk.word_timing)--> word times and confidences
+               --(w2vtk.scoring, sclite's counts)--> hyp.trn, ref.trn, hyp.ctm, ref.stm, errors.txt, wer.json
 
 Utterances are batched by length (padded, with lengths, so padding never changes a result) and
 log-probabilities can be cached per checkpoint and subset, so that LM-weight tuning computes them once.
@@ -20,12 +21,15 @@ from typing import Sequence
 
 import numpy as np
 
-from w2vtk.decoding import DecoderOptions, DecoderPool
+from w2vtk.audio import SAMPLE_RATE
+from w2vtk.decoding import DecoderOptions, DecoderPool, Hypothesis
 from w2vtk.errors import W2vtkError
 from w2vtk.fileio import atomic_open, atomic_write_text
 from w2vtk.manifest import Manifest, read_labels, read_manifest
 from w2vtk.scoring import ErrorCounts, errors_report, score_corpus, summary_dict, summary_line, write_trn
+from w2vtk.long_audio import DEFAULT_CHUNK_SECONDS, DEFAULT_CONTEXT_SECONDS
 from w2vtk.text import Vocabulary, letters_to_words
+from w2vtk.word_timing import FrameClock, TimedWord, timed_words
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +49,10 @@ class AcousticModel:
 
 
 def load_acoustic_model(path: str | os.PathLike, device: str | None = None) -> AcousticModel:
-    """Load a fine-tuned checkpoint; its "vocab" and "labels" give the vocabulary."""
-    import torch
-
+    """Load a fine-tuned checkpoint; its "vocab" and "labels" give the vocabulary. `device`: a torch
+    device name; None: CUDA when available, else the CPU."""
     from w2vtk.checkpoint import CheckpointError, load_checkpoint
+    from w2vtk.device import inference_device
     from w2vtk.model.wav2vec2 import model_from_checkpoint
 
     path = Path(path)
@@ -63,7 +67,7 @@ def load_acoustic_model(path: str | os.PathLike, device: str | None = None) -> A
     normalize = bool(model.cfg.normalize or data_cfg.get("normalize", False))
     from w2vtk.cpu import use_cpu_kernels
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = inference_device(device)
     use_cpu_kernels(model, device).to(device).eval()
     return AcousticModel(model, vocab, normalize, path, device)
 
@@ -204,16 +208,84 @@ def read_references(data_dir: str | os.PathLike, subset: str, manifest: Manifest
 
 
 def write_scores(out_dir: str | os.PathLike, utt_ids: Sequence[str], refs: Sequence[Sequence[str]],
-                 hyps: Sequence[Sequence[str]], metric: str, extra: dict | None = None) -> ErrorCounts:
-    """hyp.trn, ref.trn, errors.txt and wer.json in `out_dir`; returns the totals."""
+                 hyps: Sequence[Sequence[str]], metric: str, extra: dict | None = None,
+                 timed: Sequence[Sequence[TimedWord]] | None = None, durations: Sequence[float] | None = None,
+                 nbest: Sequence[Sequence[Sequence[str]]] | None = None) -> ErrorCounts:
+    """hyp.trn, ref.trn, errors.txt and wer.json in `out_dir`; returns the totals.
+
+    With `timed` (each hypothesis' words with times and confidences) and `durations` (seconds per
+    utterance), also hyp.ctm and ref.stm, and the confidences' AUC and calibration error in wer.json.
+    With `nbest` (the scored tokens of each utterance's hypotheses), the N-best oracle error rate.
+    """
+    from w2vtk.calibration import correct_words, expected_calibration_error, roc_auc
+
     out_dir = Path(out_dir)
     total, alignments = score_corpus(refs, hyps)
     write_trn(out_dir / "ref.trn", utt_ids, refs)
     write_trn(out_dir / "hyp.trn", utt_ids, hyps)
     atomic_write_text(out_dir / "errors.txt", errors_report(utt_ids, alignments, metric))
-    summary = summary_dict(total, metric) | (extra or {})
+    summary = summary_dict(total, metric)
+    if timed is not None:
+        write_ctm_stm(out_dir, utt_ids, refs, timed, durations)
+        conf = [w.confidence for words in timed for w in words]
+        right = [c for al in alignments for c in correct_words(al)]
+        auc, ece = roc_auc(conf, right), expected_calibration_error(conf, right)
+        summary["confidence_auc"] = None if auc is None else round(auc, 4)
+        summary["confidence_ece"] = None if ece is None else round(ece, 4)
+    if nbest is not None:
+        oracle = oracle_errors(refs, nbest).rate()
+        summary["oracle_wer" if metric == "wer" else f"oracle_{metric}"] = None if oracle is None else round(oracle, 4)
+    summary |= extra or {}
     atomic_write_text(out_dir / "wer.json", json.dumps(summary, indent=2) + "\n")
     return total
+
+
+def write_ctm_stm(out_dir: Path, utt_ids: Sequence[str], refs: Sequence[Sequence[str]],
+                  timed: Sequence[Sequence[TimedWord]], durations: Sequence[float]) -> None:
+    """hyp.ctm (the hypotheses' words, times and confidences) and ref.stm (one segment per utterance),
+    which `sctk sclite -h hyp.ctm ctm -r ref.stm stm` scores as hyp.trn against ref.trn."""
+    from w2vtk.transcripts import ctm_lines, stm_line
+
+    order = sorted(range(len(utt_ids)), key=lambda i: utt_ids[i])  # sclite wants files in sorted order
+    ctm = [line for i in order for line in ctm_lines(utt_ids[i], timed[i])]
+    stm = [stm_line(utt_ids[i], utt_ids[i], 0.0, durations[i], refs[i]) for i in order]
+    atomic_write_text(out_dir / "hyp.ctm", "".join(line + "\n" for line in ctm))
+    atomic_write_text(out_dir / "ref.stm", "".join(line + "\n" for line in stm))
+
+
+def oracle_errors(refs: Sequence[Sequence[str]], nbest: Sequence[Sequence[Sequence[str]]]) -> ErrorCounts:
+    """Errors when each utterance takes the hypothesis of its N-best list closest to the reference."""
+    from w2vtk.scoring import align
+
+    total = ErrorCounts(0, 0, 0, 0, 0, 0)
+    for ref, hyps in zip(refs, nbest):
+        counts = [align(ref, h).counts for h in hyps] or [align(ref, []).counts]
+        total = total + min(counts, key=lambda c: c.errors)
+    return total
+
+
+def scored_timed_words(words: Sequence[TimedWord], vocab: Vocabulary, fold_phones: bool = True,
+                       keep_sil: bool = True) -> list[TimedWord]:
+    """`scoring_tokens` applied word by word, keeping each word's time (phone folding maps one phone
+    to at most one)."""
+    import dataclasses
+
+    out = []
+    for w in words:
+        out += [dataclasses.replace(w, word=t) for t in scoring_tokens([w.word], vocab, fold_phones, keep_sil)]
+    return out
+
+
+def hypothesis_words(hyp: Hypothesis, logprobs: np.ndarray, clock: FrameClock, vocab: Vocabulary,
+                     first_frame: int = 0) -> list[TimedWord]:
+    """The timed words of a hypothesis: from its spans, or (a decoder that gave none) from a forced
+    alignment of its words."""
+    spans = hyp.spans
+    if not spans and hyp.words:
+        from w2vtk.alignment import align_words
+
+        spans = align_words(logprobs, hyp.words, vocab)
+    return timed_words(spans, logprobs, clock, first_frame)
 
 
 def _options_record(options: DecoderOptions) -> dict:
@@ -228,13 +300,16 @@ def decode_subset(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, su
                   out_dir: str | os.PathLike, options: DecoderOptions, jobs: int = 1,
                   max_tokens: int = DEFAULT_MAX_TOKENS, batch_size: int = DEFAULT_BATCH_SIZE,
                   fold_phones: bool = True, keep_sil: bool = True, cache_dir: str | os.PathLike | None = None,
-                  device: str | None = None) -> tuple[ErrorCounts, str]:
-    """Decode `DATA/<subset>.tsv`, score it and write the reports into `out_dir`.
+                  device: str | None = None, nbest: int | None = None) -> tuple[ErrorCounts, str]:
+    """Decode `DATA/<subset>.tsv`, score it and write the reports into `out_dir`; with `nbest`, also
+    nbest.jsonl (up to `nbest` hypotheses per utterance) and the oracle error rate.
 
     Returns the totals and the one-line summary.
     """
     from w2vtk.decoding import check_options
 
+    if nbest is not None and nbest < 1:
+        raise W2vtkError(f"--nbest {nbest}: give at least 1 hypothesis per utterance")
     am = load_acoustic_model(checkpoint, device)
     check_options(options, am.vocab)  # before the acoustic model's work
     manifest = read_manifest(Path(data_dir) / f"{subset}.tsv")
@@ -243,30 +318,76 @@ def decode_subset(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, su
     kw = dict(max_tokens=max_tokens, batch_size=batch_size)
     logprobs = cached_logprobs(am, manifest, cache_dir, **kw) if cache_dir else compute_logprobs(am, manifest, **kw)
     with DecoderPool(am.vocab, jobs) as pool:
-        words = pool.decode(logprobs, options, progress=True)
+        nbests = pool.decode_nbest(logprobs, options, nbest or 1, progress=True)
     metric = metric_for(am.vocab)
-    hyps = [scoring_tokens(w, am.vocab, fold_phones, keep_sil) for w in words]
+
+    def scored(words):
+        return scoring_tokens(words, am.vocab, fold_phones, keep_sil)
+
+    hyps = [scored(h[0].words) for h in nbests]
+    clock = FrameClock.of(am.model.cfg)
+    timed = [scored_timed_words(hypothesis_words(h[0], lp, clock, am.vocab), am.vocab, fold_phones, keep_sil)
+             for h, lp in zip(nbests, logprobs)]
+    durations = [size / SAMPLE_RATE for size in manifest.sizes]
     extra = {"subset": subset, "checkpoint": str(checkpoint), "decoding": _options_record(options)}
     if metric == "per":
         extra["phones"] = "39 (folded)" if fold_phones else "as labelled"
         extra["sil"] = "counted" if keep_sil else "dropped"
-    total = write_scores(out_dir, ids, refs, hyps, metric, extra)
+    if nbest is not None:
+        lines = [json.dumps({"id": i, "hyps": [h.record() for h in hs]}) for i, hs in zip(ids, nbests)]
+        atomic_write_text(Path(out_dir) / "nbest.jsonl", "".join(line + "\n" for line in lines))
+    total = write_scores(out_dir, ids, refs, hyps, metric, extra, timed=timed, durations=durations,
+                         nbest=[[scored(h.words) for h in hs] for hs in nbests] if nbest is not None else None)
     line = f"{subset}: {summary_line(total, metric)} [{options.describe()}] -> {out_dir}"
     return total, line
 
 
+@dataclass
+class Transcript:
+    """One audio file's transcript: its words with times and confidences, and its N-best hypotheses
+    (the first is the 1-best)."""
+
+    path: str
+    duration: float
+    words: list[TimedWord]
+    hyps: list[Hypothesis]
+
+
 def transcribe(checkpoint: str | os.PathLike, audio: Sequence[str | os.PathLike], options: DecoderOptions,
                jobs: int = 1, max_tokens: int = DEFAULT_MAX_TOKENS, batch_size: int = DEFAULT_BATCH_SIZE,
-               device: str | None = None) -> list[list[str]]:
-    """Words for each audio file (any format and rate `w2vtk.audio` reads)."""
+               device: str | None = None, nbest: int = 1, chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+               context_seconds: float = DEFAULT_CONTEXT_SECONDS) -> list[Transcript]:
+    """Transcripts of audio files (any format and rate `w2vtk.audio` reads).
+
+    Files longer than a window (`chunk_seconds` + 2 `context_seconds`) run through the model window by
+    window (w2vtk.long_audio) and are decoded as one utterance; shorter ones are batched.
+    """
     from w2vtk.audio import audio_info
     from w2vtk.decoding import check_options
+    from w2vtk.long_audio import chunked_logprobs
 
+    if nbest < 1:
+        raise W2vtkError(f"--nbest {nbest}: give at least 1 hypothesis per file")
+    if chunk_seconds <= 0 or context_seconds < 0:
+        raise W2vtkError(f"--chunk-seconds {chunk_seconds:g} / --context-seconds {context_seconds:g}: the chunk "
+                         "must be positive and the context at least 0")
     am = load_acoustic_model(checkpoint, device)
     check_options(options, am.vocab)
     paths = [str(Path(p).resolve()) for p in audio]
-    manifest = Manifest(Path("/"), paths, [audio_info(p).num_samples for p in paths])
-    logprobs = compute_logprobs(am, manifest, max_tokens=max_tokens, batch_size=batch_size,
-                                progress=len(paths) > 1)
+    sizes = [audio_info(p).num_samples for p in paths]
+    window = (chunk_seconds + 2 * context_seconds) * SAMPLE_RATE
+    long = [i for i, n in enumerate(sizes) if n > window]
+    short = [i for i, n in enumerate(sizes) if n <= window]
+    logprobs: list[np.ndarray] = [np.zeros((0, len(am.vocab)), np.float32)] * len(paths)
+    if short:
+        manifest = Manifest(Path("/"), [paths[i] for i in short], [sizes[i] for i in short])
+        for i, lp in zip(short, compute_logprobs(am, manifest, max_tokens=max_tokens, batch_size=batch_size,
+                                                 progress=len(short) > 1)):
+            logprobs[i] = lp
+    for i in long:
+        logprobs[i] = chunked_logprobs(am, paths[i], chunk_seconds, context_seconds)
+    clock = FrameClock.of(am.model.cfg)
     with DecoderPool(am.vocab, jobs) as pool:
-        return pool.decode(logprobs, options)
+        nbests = pool.decode_nbest(logprobs, options, nbest, progress=len(paths) > 1 or bool(long))
+    return [Transcript(str(path), size / SAMPLE_RATE, hypothesis_words(hyps[0], lp, clock, am.vocab), hyps)
+            for path, size, lp, hyps in zip(audio, sizes, logprobs, nbests)]

@@ -34,12 +34,15 @@ def layer_output(model: Wav2Vec2Model, wav: np.ndarray, layer: int) -> np.ndarra
 
 
 def extract(checkpoint: str | os.PathLike, layer: int | None, out_dir: str | os.PathLike,
-            audio: Sequence[str | os.PathLike], device: str = "cpu") -> list[Path]:
+            audio: Sequence[str | os.PathLike], device: str | None = None) -> list[Path]:
     """Write OUT_DIR/<stem>.npy of shape (frame, dim) for every audio file; returns the paths written.
 
-    `layer` None means the last layer.
+    `layer` None means the last layer. `device` None: CUDA when available, else the CPU.
     """
+    from w2vtk.device import inference_device
+
     ckpt = load_checkpoint(checkpoint)
+    device = inference_device(device)
     model = use_cpu_kernels(model_from_checkpoint(ckpt, checkpoint), device).to(device).eval()
     layers = model.cfg.encoder_layers
     layer = layers if layer is None else layer

@@ -200,3 +200,51 @@ def plot_experiments(exp_dirs: Sequence[str | os.PathLike], out: str | os.PathLi
         out = Path(exp_dirs[0]) / DEFAULT_PNG
     runs = [read_training_log(d, names[i] if names else None) for i, d in enumerate(exp_dirs)]
     return plot_training(runs, out, title)
+
+
+def plot_alignment(audio: str | os.PathLike, ctm: str | os.PathLike, out: str | os.PathLike,
+                   utterance: str | None = None, title: str | None = None) -> Path:
+    """Draw the waveform of `audio` with the words of one recording of `ctm` (its file id `utterance`;
+    default: the CTM's only recording, or the one named like the audio file) as shaded, labelled spans,
+    the picture one checks an alignment by. Returns the PNG written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from w2vtk.audio import SAMPLE_RATE, read_audio
+    from w2vtk.transcripts import read_ctm
+
+    recordings = read_ctm(ctm)
+    if utterance is None:
+        stem = Path(audio).stem
+        names = [u for u in recordings if u in (stem, str(audio))] or list(recordings)
+        if len(names) != 1:
+            raise PlotError(f"{ctm}: holds {len(recordings)} recordings and none is named {stem}; choose one "
+                            "with --utterance")
+        utterance = names[0]
+    if utterance not in recordings:
+        raise PlotError(f"{ctm}: no words of {utterance!r}; choose one of its recordings, e.g. "
+                        f"{next(iter(recordings), '(none)')}")
+    wav = read_audio(audio)
+    t = np.arange(len(wav)) / SAMPLE_RATE
+    fig, ax = plt.subplots(figsize=(max(8.0, min(40.0, len(wav) / SAMPLE_RATE * 3)), 3.0))
+    ax.plot(t, wav, color="0.35", linewidth=0.5)
+    top = float(np.abs(wav).max()) or 1.0
+    colours = ("tab:blue", "tab:orange")
+    for i, w in enumerate(recordings[utterance]):
+        ax.axvspan(w.start, w.end, color=colours[i % 2], alpha=0.25, linewidth=0)
+        ax.text((w.start + w.end) / 2, top * (1.05 if i % 2 == 0 else 0.85), w.word, ha="center", va="bottom",
+                fontsize=8, rotation=0 if w.end - w.start > 0.15 else 90)
+    ax.set_xlim(0, len(wav) / SAMPLE_RATE)
+    ax.set_ylim(-top * 1.1, top * 1.35)
+    ax.set_xlabel("seconds")
+    ax.set_yticks([])
+    ax.set_title(title or f"{utterance}: {len(recordings[utterance])} words")
+    fig.tight_layout()
+    out = Path(out)
+    with atomic_open(out, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+    return out

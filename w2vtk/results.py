@@ -4,6 +4,7 @@ EXP/RESULTS.md (a table) and EXP/results.json.
 Layout read (the recipes write it):
   EXP/decode/<model>/<subset>/<decoding>/wer.json   one `w2vtk decode` run, e.g.
                                                     decode/pretrained/test-clean/4gram/wer.json
+  EXP/decode/<model>/<subset>/<decoding>/hyp.ctm    its words with times and confidences, linked
   EXP/decode/<model>/<tuning>.json                  optional: LM weights found by `w2vtk tune-lm`
   EXP/**/*.png                                      training curves, linked from RESULTS.md
 
@@ -189,6 +190,20 @@ def _tuning_lines(tuning: dict[str, dict[str, dict]]) -> list[str]:
     return lines
 
 
+def _ctm_lines(exp_dir: Path, scores: list[Score]) -> list[str]:
+    """A line per subset linking the hyp.ctm (timed words with confidences) of each of its decodings."""
+    lines = []
+    for subset in sorted({s.subset for s in scores}):
+        links = []
+        for s in sorted((s for s in scores if s.subset == subset), key=lambda s: (s.model, s.decoding)):
+            ctm = f"decode/{s.model}/{s.subset}/{s.decoding}/hyp.ctm"
+            if (exp_dir / ctm).is_file():
+                links.append(f"[{s.model}, {s.decoding}]({quote(ctm)})")
+        if links:
+            lines.append(f"- {subset}: " + ", ".join(links))
+    return lines
+
+
 def _plots(exp_dir: Path) -> list[str]:
     return sorted(p.relative_to(exp_dir).as_posix() for p in exp_dir.rglob("*.png"))
 
@@ -223,6 +238,9 @@ def write_results(exp_dir: str | os.PathLike, title: str | None = None, notes: s
     tuned = _tuning_lines(tuning)
     if tuned:
         md += ["LM weights tuned on a dev set:", "", *tuned, ""]
+    ctm = _ctm_lines(exp_dir, scores)
+    if ctm:
+        md += ["Word times and confidences (CTM):", "", *ctm, ""]
     if plots:
         md += ["## Training curves", ""] + [f"![{p}]({quote(p)})" for p in plots] + [""]
     data = {

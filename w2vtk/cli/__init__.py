@@ -48,7 +48,7 @@ _PATH_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOT
 
 # commands whose work is a model's forward pass without gradients (w2vtk.cpu.host_memory: huge pages
 # speed those up, where training only grows its peak memory)
-_INFERENCE_COMMANDS = ("decode", "tune-lm", "transcribe", "extract")
+_INFERENCE_COMMANDS = ("decode", "tune-lm", "transcribe", "extract", "align")
 
 
 def _close_progress_bars() -> None:
@@ -118,7 +118,8 @@ def _register() -> None:
 
     from w2vtk.cli import decode_commands
 
-    for command in (decode_commands.lm, decode_commands.decode, decode_commands.tune_lm, decode_commands.transcribe):
+    for command in (decode_commands.lm, decode_commands.decode, decode_commands.tune_lm, decode_commands.transcribe,
+                    decode_commands.align):
         main.add_command(command)
 
 

@@ -1,4 +1,4 @@
-"""`w2vtk lm ...`, `w2vtk decode`, `w2vtk tune-lm` and `w2vtk transcribe`."""
+"""`w2vtk lm ...`, `w2vtk decode`, `w2vtk tune-lm`, `w2vtk transcribe` and `w2vtk align`."""
 from __future__ import annotations
 
 import functools
@@ -124,8 +124,8 @@ def _decoder_options(f):
                      help="Utterances per acoustic-model batch (batches are sorted by length)."),
         click.option("--max-tokens", type=int, default=1_600_000, show_default=True,
                      help="Padded audio samples per acoustic-model batch (1.6M = 100 s at 16 kHz)."),
-        click.option("--device", default=None, help="torch device for the acoustic model (default: cuda if "
-                                                    "available, else cpu)."),
+        click.option("--device", default=None, help="torch device for the acoustic model, e.g. cpu, cuda or "
+                                                    "cuda:1 (default: cuda if available, else cpu)."),
     ]
 
     @functools.wraps(f)
@@ -174,15 +174,28 @@ def _with_phone_options(f):
               help="Manifest folder written by `w2vtk prepare`.")
 @click.option("--subset", required=True, help="Subset to decode: DATA/<subset>.tsv with .wrd (or .phn).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Output folder: hyp.trn, ref.trn (sclite's trn format), errors.txt, wer.json.")
+              help="Output folder: hyp.trn, ref.trn (sclite's trn format), hyp.ctm, ref.stm (sclite's ctm and "
+                   "stm formats), errors.txt, wer.json; with --nbest, nbest.jsonl.")
 @_decoder_options
 @_with_phone_options
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Reuse (or store) the acoustic log-probabilities here, keyed by checkpoint and subset "
                    "(`w2vtk tune-lm` fills the same kind of cache).")
+@click.option("--nbest", type=int, default=None,
+              help="Also write nbest.jsonl: per utterance, up to N hypotheses with distinct words, best first, "
+                   "each with its acoustic score (am, natural log), LM score (lm, log10), word count and the "
+                   "decoder's total score; wer.json gets the N-best oracle error rate. Beam decoders keep up "
+                   "to --beam hypotheses; greedy decoding has one.")
 def decode(checkpoint, data_dir, subset, out_dir, options, jobs, batch_size, max_tokens, device, fold_phones, keep_sil,
-           cache_dir):
+           cache_dir, nbest):
     """Decode a subset with a fine-tuned model and score it (WER; PER for phone models).
+
+    Every hypothesis word gets a start time and duration from the CTC frames (20 ms each, placed
+    at the centre of the CNN's receptive field) and a confidence in [0, 1]: the lowest, over the
+    word's letters (or phones, or pieces), of the highest posterior probability the model gives that
+    letter on one of the word's frames. hyp.ctm carries them; wer.json reports how well confidence
+    separates right from wrong words (confidence_auc: 0.5 is chance) and its calibration error
+    (confidence_ece). `sctk sclite -h hyp.ctm ctm -r ref.stm stm` gives the same counts as wer.json.
 
     \b
     Example, the paper's setup:
@@ -191,10 +204,18 @@ def decode(checkpoint, data_dir, subset, out_dir, options, jobs, batch_size, max
     """
     from w2vtk.decode import decode_subset
 
+    _check_nbest(nbest)
     _, line = decode_subset(checkpoint, data_dir, subset, out_dir, options, jobs=jobs, max_tokens=max_tokens,
                             batch_size=batch_size, fold_phones=fold_phones, keep_sil=keep_sil, cache_dir=cache_dir,
-                            device=device)
+                            device=device, nbest=nbest)
     click.echo(line)
+
+
+def _check_nbest(nbest: int | None) -> None:
+    if nbest is not None and nbest < 1:
+        from w2vtk.errors import W2vtkError
+
+        raise W2vtkError(f"--nbest {nbest}: give the number of hypotheses to keep per utterance, at least 1")
 
 
 @click.command("tune-lm", context_settings={"show_default": True})
@@ -238,11 +259,92 @@ def tune_lm(ctx, checkpoint, data_dir, subset, out, options, jobs, batch_size, m
 @click.command(context_settings={"show_default": True})
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="Fine-tuned checkpoint.")
 @_decoder_options
+@click.option("--format", "fmt", default="text",
+              help="text: `path<TAB>transcript` per file; json: one JSON line per file with the text and every "
+                   "word's start, duration (seconds) and confidence; ctm: NIST CTM lines (`file A start duration "
+                   "word confidence`, the file named by its path); textgrid: a Praat TextGrid per file into --out.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for the TextGrids (--format textgrid): OUT/<file stem>.TextGrid.")
+@click.option("--nbest", type=int, default=1,
+              help="With --format json: add `nbest`, up to N hypotheses per file with their acoustic score (am, "
+                   "natural log), LM score (lm, log10), word count and the decoder's total score, best first.")
+@click.option("--chunk-seconds", type=float, default=20.0,
+              help="Files longer than a window (chunk + 2 x context) are read piece by piece and run through the "
+                   "model window by window: each window keeps its middle CHUNK seconds. Memory stays the same "
+                   "for recordings of any length.")
+@click.option("--context-seconds", type=float, default=5.0,
+              help="Audio on each side of a window's kept chunk that the model sees but whose frames come from "
+                   "the neighbouring windows.")
 @click.argument("audio", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def transcribe(checkpoint, options, jobs, batch_size, max_tokens, device, audio):
-    """Print `path<TAB>transcript` for each AUDIO file (FLAC, WAV, SPHERE...; any rate, resampled to 16 kHz)."""
-    from w2vtk.decode import transcribe as run
+def transcribe(checkpoint, options, jobs, batch_size, max_tokens, device, fmt, out_dir, nbest, chunk_seconds,
+               context_seconds, audio):
+    """Transcribe AUDIO files (FLAC, WAV, SPHERE...; any rate, resampled to 16 kHz; any length).
 
-    words = run(checkpoint, audio, options, jobs=jobs, max_tokens=max_tokens, batch_size=batch_size, device=device)
-    for path, w in zip(audio, words):
-        click.echo(f"{path}\t{' '.join(w)}")
+    Word times come from the CTC frames (20 ms each, placed at the centre of the CNN's receptive
+    field). A word's confidence, in [0, 1], is the lowest over its letters (or phones, or pieces) of
+    the highest posterior probability the model gives that letter on one of the word's frames.
+    """
+    from pathlib import Path
+
+    from w2vtk.decode import transcribe as run
+    from w2vtk.errors import W2vtkError
+    from w2vtk.transcripts import FORMATS, ctm_lines, textgrid, words_json
+
+    if fmt not in FORMATS:
+        raise W2vtkError(f"--format {fmt!r} is not a transcript format; use one of {', '.join(FORMATS)}")
+    _check_nbest(nbest)
+    if nbest > 1 and fmt != "json":
+        raise W2vtkError(f"--nbest {nbest}: N-best lists are written as JSON; add --format json")
+    if fmt == "textgrid" and not out_dir:
+        raise W2vtkError("--format textgrid writes one file per audio file: give the folder with --out")
+    if fmt == "textgrid":
+        stems = [Path(a).stem for a in audio]
+        twice = sorted({s for s in stems if stems.count(s) > 1})
+        if twice:
+            raise W2vtkError(f"{twice[0]}: several audio files share this name and would overwrite one TextGrid; "
+                             "transcribe them into different --out folders")
+    transcripts = run(checkpoint, audio, options, jobs=jobs, max_tokens=max_tokens, batch_size=batch_size,
+                      device=device, nbest=nbest, chunk_seconds=chunk_seconds, context_seconds=context_seconds)
+    for t in transcripts:
+        if fmt == "text":
+            click.echo(f"{t.path}\t{' '.join(w.word for w in t.words)}")
+        elif fmt == "json":
+            click.echo(words_json(t.path, t.words, [h.record() for h in t.hyps] if nbest > 1 else None))
+        elif fmt == "ctm":
+            for line in ctm_lines(t.path, t.words):
+                click.echo(line)
+        else:
+            from w2vtk.fileio import atomic_write_text
+
+            target = Path(out_dir) / f"{Path(t.path).stem}.TextGrid"
+            atomic_write_text(target, textgrid(t.duration, {"words": t.words}))
+            click.echo(str(target))
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="Fine-tuned checkpoint.")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Manifest folder written by `w2vtk prepare`.")
+@click.option("--subset", required=True,
+              help="Subset to align: DATA/<subset>.tsv with its .ltr (letter models) or .phn (phone models).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output folder: words.ctm, tokens.ctm, textgrid/<utterance>.TextGrid, align.json.")
+@click.option("--device", default=None, help="torch device for the acoustic model, e.g. cpu, cuda or cuda:1 "
+                                             "(default: cuda if available, else cpu).")
+def align(checkpoint, data_dir, subset, out_dir, device):
+    """Align the known transcripts of a subset to its audio (CTC forced alignment).
+
+    The model's frames (20 ms, placed at the centre of the CNN's receptive field) are aligned to the
+    transcript's letters (with `|` between words) or phones by the most likely CTC path that spells
+    exactly them (torchaudio.functional.forced_align). Words and tokens get start times, durations
+    and confidences (the lowest, over a word's tokens, of the highest posterior of that token on the
+    word's frames). For TIMIT, align.json reports the phone-boundary error against the .PHN files.
+    """
+    from w2vtk.alignment import align_subset
+
+    summary = align_subset(checkpoint, data_dir, subset, out_dir, device)
+    extra = ""
+    if "phone_boundary" in summary:
+        pb = summary["phone_boundary"]
+        extra = f"; phone boundaries: mean error {pb['mean_abs_error_ms']} ms, {100 * pb['within_20ms']:.1f}% within 20 ms"
+    click.echo(f"{subset}: aligned {summary['utterances']} utterances, {summary['words']} words{extra} -> {out_dir}")

@@ -56,7 +56,8 @@ def export(checkpoint: str, out_dir: str, fmt: str) -> None:
                    "positional convolution), L = the output of layer L. Default: the last layer.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Folder for OUT/<stem>.npy, float32 arrays of shape (frames, dim), 50 frames per second.")
-@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda:0.")
+@click.option("--device", default=None, help="torch device, e.g. cpu, cuda or cuda:1 (default: cuda if available, "
+                                             "else cpu).")
 @click.argument("audio", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=str))
 def extract(checkpoint: str, layer: int | None, out_dir: str, device: str, audio: tuple[str, ...]) -> None:
     """Save the representations of AUDIO files (FLAC, WAV, SPHERE; any rate, resampled to 16 kHz)."""

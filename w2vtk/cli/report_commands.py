@@ -6,14 +6,20 @@ import click
 
 
 @click.command()
-@click.argument("exp_dirs", nargs=-1, required=True, metavar="EXP_DIR...",
-                type=click.Path(exists=True, file_okay=False))
+@click.argument("exp_dirs", nargs=-1, metavar="EXP_DIR...", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--out", type=click.Path(dir_okay=False), default=None,
               help="PNG to write. Default: EXP_DIR/training_curves.png; required with several EXP_DIRs.")
 @click.option("--name", "names", multiple=True,
               help="Legend name of each EXP_DIR, in order (repeat the option). Default: the folder names.")
 @click.option("--title", default=None, help="Figure title.")
-def plot(exp_dirs, out, names, title):
+@click.option("--audio", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Instead of training curves: draw this recording's waveform with the words of --ctm.")
+@click.option("--ctm", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="With --audio: the timed words (`w2vtk align`'s words.ctm, `decode`'s hyp.ctm, or "
+                   "`transcribe --format ctm`).")
+@click.option("--utterance", default=None,
+              help="With --audio: the CTM's file id of the recording (default: the one named like the audio).")
+def plot(exp_dirs, out, names, title, audio, ctm, utterance):
     """Draw the training curves in EXP_DIR/log.jsonl (from `w2vtk pretrain` or `w2vtk finetune`) to a PNG.
 
     One panel per logged quantity that is present: loss (and its contrastive, diversity and penalty
@@ -21,7 +27,20 @@ def plot(exp_dirs, out, names, title):
     validation WER/PER. Training values are solid lines, validation values dashed with markers.
     Several EXP_DIRs share one figure, one colour each (e.g. fine-tuning from scratch and from a
     pretrained model). Green bands shade the healthy ranges (see `w2vtk check` and docs/health.md).
+
+    \b
+    With --audio and --ctm instead: one recording's waveform with its words as shaded spans, e.g.
+      w2vtk plot --audio 1272-128104-0000.flac --ctm exp/align/words.ctm -o alignment.png
     """
+    if audio or ctm:
+        from w2vtk.plot import plot_alignment
+
+        if not (audio and ctm and out):
+            raise click.UsageError("an alignment picture needs --audio, --ctm and --out")
+        click.echo(str(plot_alignment(audio, ctm, out, utterance, title)))
+        return
+    if not exp_dirs:
+        raise click.UsageError("give EXP_DIR (training curves), or --audio and --ctm (an alignment)")
     from w2vtk.plot import plot_experiments
 
     path = plot_experiments(exp_dirs, out, names or None, title)

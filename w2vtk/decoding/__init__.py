@@ -7,8 +7,8 @@
 `decode_batch` decodes a whole set in one call, over worker processes; `DecoderPool` keeps the
 workers (and their loaded LMs) for repeated calls, as LM-weight tuning needs.
 """
-from w2vtk.decoding.options import DECODERS, DecoderOptions, DecodingError, check_options
+from w2vtk.decoding.options import DECODERS, DecoderOptions, DecodingError, Hypothesis, check_options
 from w2vtk.decoding.parallel import DecoderPool, decode_batch, make_decoder
 
-__all__ = ["DECODERS", "DecoderOptions", "DecodingError", "DecoderPool", "check_options", "decode_batch",
+__all__ = ["DECODERS", "DecoderOptions", "DecodingError", "DecoderPool", "Hypothesis", "check_options", "decode_batch",
            "make_decoder"]

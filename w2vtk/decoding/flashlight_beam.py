@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from w2vtk.decoding.options import DecoderOptions, DecodingError
+from w2vtk.decoding.options import DecoderOptions, DecodingError, Hypothesis, distinct
 from w2vtk.errors import W2vtkError
 from w2vtk.text import BLANK_INDEX, Vocabulary
 
@@ -103,6 +103,7 @@ class FlashlightLexiconDecoder:
         """`graph`: an already built search graph to reuse (see parallel.py's cache)."""
         self.graph = graph or build_search_graph(vocab, options)
         self.options = options
+        self.vocab = vocab
         self.num_tokens = len(vocab)
         self._decoders: dict[int, object] = {}  # by beam_size_token
 
@@ -124,9 +125,16 @@ class FlashlightLexiconDecoder:
         return self._decoders[tokens_per_frame]
 
     def decode(self, logprobs: np.ndarray) -> list[str]:
+        hyps = self.decode_nbest(logprobs, 1)
+        return hyps[0].words if hyps else []
+
+    def decode_nbest(self, logprobs: np.ndarray, nbest: int = 1) -> list[Hypothesis]:
+        """Up to `nbest` of the final beam's hypotheses with distinct words, best first."""
+        from w2vtk.word_timing import path_spans
+
         frames = logprobs.shape[0]
         if frames == 0:
-            return []
+            return [Hypothesis([], 0.0, 0.0, 0.0)]
         emissions = np.ascontiguousarray(logprobs, dtype=np.float32)
         tokens_per_frame = self.options.beam_size_token or self.num_tokens
         if self.options.token_min_logp is not None:
@@ -134,9 +142,18 @@ class FlashlightLexiconDecoder:
             tokens_per_frame = min(tokens_per_frame, kept)
         results = self._decoder(tokens_per_frame).decode(emissions.ctypes.data, frames, self.num_tokens)
         if not results:
-            return []
+            return [Hypothesis([], 0.0, 0.0, 0.0)]
         entry = self.graph.word_dict.get_entry
-        return [entry(i) for i in results[0].words if i >= 0 and i != self.graph.unk_word]
+        hyps = []
+        for r in results:
+            words = [entry(i) for i in r.words if i >= 0 and i != self.graph.unk_word]
+            # the path has one padding token before the first frame and one after the last
+            path = np.asarray(r.tokens[1:frames + 1], dtype=np.int64)
+            spans = path_spans(path, self.vocab)
+            if [s.word for s in spans] != words:  # a lexicon whose spellings are not the words' letters
+                spans = []
+            hyps.append(Hypothesis(words, float(r.emittingModelScore), float(r.lmScore), float(r.score), spans))
+        return distinct(hyps, nbest)
 
 
 def prune_tokens(logprobs: np.ndarray, min_logp: float) -> tuple[np.ndarray, int]:

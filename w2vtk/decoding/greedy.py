@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from w2vtk.decoding.options import Hypothesis
 from w2vtk.text import BLANK_INDEX, Vocabulary
 
 
@@ -22,3 +23,12 @@ class GreedyDecoder:
 
     def decode(self, logprobs: np.ndarray) -> list[str]:
         return self.vocab.to_words(greedy_ids(logprobs))
+
+    def decode_nbest(self, logprobs: np.ndarray, nbest: int = 1) -> list[Hypothesis]:
+        """The best path only: greedy search keeps no alternatives."""
+        from w2vtk.word_timing import path_spans
+
+        path = logprobs.argmax(axis=1) if len(logprobs) else np.zeros(0, dtype=np.int64)
+        am = float(logprobs.max(axis=1).sum()) if len(logprobs) else 0.0
+        words = self.decode(logprobs)
+        return [Hypothesis(words, am, 0.0, am, path_spans(path, self.vocab))]

@@ -95,10 +95,49 @@ def check_logprobs(logprobs: np.ndarray, vocab: Vocabulary, what: str = "log-pro
     return arr
 
 
+@dataclass
+class Hypothesis:
+    """One decoder hypothesis with the scores needed to rescore it elsewhere.
+
+    am: the acoustic log-probability (natural log) of its best CTC path; lm: the LM's log10 probability
+    of its words, sentence end included (0 without an LM); score: the decoder's own total, by which it
+    ranks hypotheses (flashlight: am + lm_weight * lm + word_score * words; pyctcdecode: its combined
+    score, which also charges partial and out-of-vocabulary words). spans: the words on the frame axis
+    (w2vtk.word_timing.WordSpan), for times and confidences.
+    """
+
+    words: list[str]
+    am: float
+    lm: float
+    score: float
+    spans: list = dataclasses.field(default_factory=list)
+
+    def record(self) -> dict:
+        """The N-best JSON entry: text, am, lm, words (the count), score."""
+        return {"text": " ".join(self.words), "am": round(self.am, 4), "lm": round(self.lm, 4),
+                "words": len(self.words), "score": round(self.score, 4)}
+
+
 class CtcDecoder(Protocol):
-    """Decodes one utterance's (frame, vocab) log-probabilities to words."""
+    """Decodes one utterance's (frame, vocab) log-probabilities to words, or to its `nbest` best
+    hypotheses (distinct word sequences, best first; the first gives `decode`'s words)."""
 
     def decode(self, logprobs: np.ndarray) -> list[str]: ...
+
+    def decode_nbest(self, logprobs: np.ndarray, nbest: int = 1) -> list[Hypothesis]: ...
+
+
+def distinct(hyps: list[Hypothesis], nbest: int) -> list[Hypothesis]:
+    """The first `nbest` hypotheses with distinct words (several CTC paths can spell the same words)."""
+    seen, out = set(), []
+    for h in hyps:
+        key = tuple(h.words)
+        if key not in seen:
+            seen.add(key)
+            out.append(h)
+        if len(out) == nbest:
+            break
+    return out
 
 
 def symbols_without_specials(vocab: Vocabulary) -> tuple[np.ndarray, list[str]]:

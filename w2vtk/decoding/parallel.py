@@ -16,7 +16,8 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from w2vtk.decoding.options import CtcDecoder, DecoderOptions, DecodingError, check_logprobs, check_options
+from w2vtk.decoding.options import (CtcDecoder, DecoderOptions, DecodingError, Hypothesis, check_logprobs,
+                                    check_options)
 from w2vtk.text import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -61,10 +62,15 @@ def _init_worker(vocab: Vocabulary) -> None:
     _WORKER_VOCAB = vocab
 
 
-def _decode_chunk(task: tuple[DecoderOptions, list[np.ndarray]]) -> list[list[str]]:
-    options, chunk = task
+def _decode_one(decoder: CtcDecoder, logprobs: np.ndarray, nbest: int | None):
+    """Words (nbest None) or up to `nbest` hypotheses."""
+    return decoder.decode(logprobs) if nbest is None else decoder.decode_nbest(logprobs, nbest)
+
+
+def _decode_chunk(task: tuple[DecoderOptions, list[np.ndarray], int | None]) -> list:
+    options, chunk, nbest = task
     decoder = make_decoder(_WORKER_VOCAB, options)
-    return [decoder.decode(lp) for lp in chunk]
+    return [_decode_one(decoder, lp, nbest) for lp in chunk]
 
 
 class DecoderPool:
@@ -92,6 +98,17 @@ class DecoderPool:
     def decode(self, logprobs: Sequence[np.ndarray], options: DecoderOptions,
                progress: bool = False) -> list[list[str]]:
         """Words for every utterance, in input order."""
+        return self._run(logprobs, options, None, progress)
+
+    def decode_nbest(self, logprobs: Sequence[np.ndarray], options: DecoderOptions, nbest: int = 1,
+                     progress: bool = False) -> list[list[Hypothesis]]:
+        """Up to `nbest` hypotheses (with scores and word spans) for every utterance, in input order."""
+        if nbest < 1:
+            raise DecodingError(f"--nbest {nbest}: must be at least 1")
+        return self._run(logprobs, options, nbest, progress)
+
+    def _run(self, logprobs: Sequence[np.ndarray], options: DecoderOptions, nbest: int | None,
+             progress: bool) -> list:
         check_options(options, self.vocab)
         arrays = [check_logprobs(lp, self.vocab, f"log-probabilities of utterance {i}")
                   for i, lp in enumerate(logprobs)]
@@ -100,7 +117,7 @@ class DecoderPool:
             decoder = make_decoder(self.vocab, options)
             out = []
             for lp in arrays:
-                out.append(decoder.decode(lp))
+                out.append(_decode_one(decoder, lp, nbest))
                 bar.update()
             bar.close()
             return out
@@ -108,7 +125,7 @@ class DecoderPool:
             self._start_pool(options)
         # small chunks keep the workers evenly busy; each carries the options
         size = max(1, min(32, len(arrays) // (self.jobs * 8)))
-        tasks = [(options, arrays[i:i + size]) for i in range(0, len(arrays), size)]
+        tasks = [(options, arrays[i:i + size], nbest) for i in range(0, len(arrays), size)]
         out = []
         try:
             for words in self._pool.map(_decode_chunk, tasks):

@@ -90,6 +90,14 @@ class ModelConfig:
         """Frames out of the CNN for `samples` samples (an int, or a (batch,) tensor)."""
         return conv_output_lengths(samples, self.conv_layers)
 
+    @property
+    def frame_stride(self) -> int:
+        """Samples between consecutive output frames: the product of the CNN strides (320 = 20 ms)."""
+        stride = 1
+        for _, _, layer_stride in self.conv_layers:
+            stride *= layer_stride
+        return stride
+
     def validate(self) -> None:
         """Raise W2vtkError naming every inconsistent field."""
         problems = []

@@ -1,0 +1,84 @@
+"""Recordings of any length: window-by-window inference joins its frames exactly, and peak memory does
+not grow with the recording's length."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from w2vtk.audio import write_audio
+from w2vtk.cli import main
+from w2vtk.text import LETTERS, SPECIAL_SYMBOLS, Vocabulary
+
+VOCAB = Vocabulary(SPECIAL_SYMBOLS + ["|"] + LETTERS, "ltr")
+
+
+def write_local_model(path: Path, normalize: bool = False) -> Path:
+    """A fine-tuned checkpoint whose frames depend only on nearby audio: a layer-norm CNN (no GroupNorm
+    over time) and self-attention whose output projection is zero, so only the positional convolution
+    (8 frames) mixes frames. Chunked inference with enough context must then equal whole-file inference."""
+    from w2vtk.checkpoint import save_checkpoint
+    from w2vtk.model import build_model, tiny_config
+
+    torch.manual_seed(0)
+    cfg = tiny_config(extractor_mode="layer_norm", conv_layers=[[32, 10, 5]] + [[32, 3, 2]] * 4 + [[32, 2, 2]] * 2,
+                      encoder_embed_dim=32, encoder_layers=2, encoder_ffn_embed_dim=64, encoder_attention_heads=2,
+                      conv_pos=8, conv_pos_groups=4, final_dim=16, latent_vars=0, vocab_size=len(VOCAB),
+                      normalize=normalize)
+    model = build_model(cfg)
+    with torch.no_grad():
+        for layer in model.encoder.layers:
+            layer.self_attn.out_proj.weight.zero_()
+        model.ctc_head.weight.mul_(20.0)  # peaked outputs: words are hypothesised
+    save_checkpoint(path, {"kind": "finetune", "model_config": cfg.to_dict(), "model": model.state_dict(),
+                           "vocab": VOCAB.to_list(), "labels": "ltr", "train_config": None})
+    return path
+
+
+def speechlike(seconds: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
+    """Bursts of noise and tones with pauses between them."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    t = np.arange(n) / rate
+    envelope = (np.sin(2 * np.pi * 0.7 * t) > -0.2).astype(np.float32)
+    wav = 0.1 * rng.standard_normal(n) + 0.2 * np.sin(2 * np.pi * (200 + 100 * np.sin(t)) * t)
+    return (wav * envelope).astype(np.float32)
+
+
+@pytest.mark.parametrize("rate,normalize", [(16000, False), (8000, True)])
+def test_windows_join_to_the_whole_files_frames(tmp_path, rate, normalize):
+    from w2vtk.decode import compute_logprobs, load_acoustic_model
+    from w2vtk.long_audio import chunked_logprobs
+    from w2vtk.manifest import Manifest
+
+    am = load_acoustic_model(write_local_model(tmp_path / "local.pt", normalize), "cpu")
+    path = tmp_path / f"long{rate}.wav"
+    write_audio(path, speechlike(7.31, rate), sample_rate=rate)
+    whole = compute_logprobs(am, Manifest(Path("/"), [str(path)], [int(7.31 * 16000)]), progress=False)[0]
+    chunked = chunked_logprobs(am, path, chunk_seconds=1.0, context_seconds=0.5, progress=False)
+    assert chunked.shape == whole.shape and len(whole) == (int(7.31 * 16000) - 400) // 320 + 1
+    np.testing.assert_allclose(chunked, whole, atol=2e-3)
+    # without context the frames near each join lose their neighbours: the comparison above can fail
+    bare = chunked_logprobs(am, path, chunk_seconds=1.0, context_seconds=0.0, progress=False)
+    assert np.abs(bare - whole).max() > 1e-2
+
+
+def test_transcribe_times_words_across_window_joins(tmp_path):
+    ckpt = write_local_model(tmp_path / "local.pt")
+    path = tmp_path / "long.wav"
+    write_audio(path, speechlike(9.0))
+    outputs = []
+    for chunk in ("1.5", "60"):  # window by window; and the whole file in one piece
+        res = CliRunner().invoke(main, ["transcribe", "--checkpoint", str(ckpt), "--format", "json",
+                                        "--chunk-seconds", chunk, "--context-seconds", "0.5", str(path)])
+        assert res.exit_code == 0, res.output
+        outputs.append(json.loads(res.stdout))
+    chunked, whole = outputs
+    assert len(whole["words"]) > 5 and [w["word"] for w in chunked["words"]] == [w["word"] for w in whole["words"]]
+    for a, b in zip(chunked["words"], whole["words"]):
+        assert a["start"] == pytest.approx(b["start"], abs=1e-3) and a["duration"] == pytest.approx(b["duration"], abs=1e-3)
+    assert whole["words"][-1]["start"] > 7.0  # the words run to the end of the file
