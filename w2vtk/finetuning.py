@@ -104,5 +104,11 @@ class FinetuneObjective:
                 "empty_output": sums.get("empty", 0.0) / max(sums.get("utterances", 0.0), 1.0)}
 
 
+def ctc_infeasible(targets: list[list[int]], frames: list[int]) -> int:
+    """How many targets CTC cannot align to their frames: a label sequence needs a frame per label plus
+    one blank between each pair of equal neighbours; those utterances' losses are infinite."""
+    return sum(len(t) + sum(a == b for a, b in zip(t, t[1:])) > n for t, n in zip(targets, frames))
+
+
 def _split(flat: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
     return [seq.tolist() for seq in torch.split(flat.cpu(), lengths.cpu().tolist())]
