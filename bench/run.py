@@ -69,6 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="give the reference workers the host-memory policy the w2vtk command sets for itself "
                         "(w2vtk.cpu.host_memory: freed memory reused, not returned; huge pages at inference); by "
                         "default only ours has it")
+    p.add_argument("--gemm-size", type=int, default=2048,
+                   help="matrix size of the GEMM peak probes (default 2048; smaller for smoke tests on machines "
+                        "without native bf16 products, where one 2048 product takes seconds)")
     p.add_argument("--no-flops", action="store_true", help="skip FLOP counting (FlopCounterMode) of a step")
     p.add_argument("--decode-utts", type=int, default=500,
                    help="utterances decoded per repetition: the test transcripts over and over, each time "
@@ -127,7 +130,7 @@ def run_pretrain(args, precision: str, wav_path: Path, gemm: dict, log) -> dict:
 def _alternate_with_probe(args, specs: dict, reps: int, log) -> dict:
     """harness.alternate with FLOPs counted and the fp32 GEMM peak measured before each repetition
     (neither with --no-flops)."""
-    probe = None if args.no_flops else harness.GemmProbe(args.threads)
+    probe = None if args.no_flops else harness.GemmProbe(args.threads, size=args.gemm_size)
     try:
         return harness.alternate(specs, args.threads, args.warmup, reps, flops=not args.no_flops,
                                  settle_s=args.settle, probe=probe, log=log)
@@ -294,7 +297,8 @@ def main(argv=None) -> dict:
     gemm: dict = {}
     if pretraining or "inference" in args.bench:
         log("GEMM peak (torch.mm)")
-        results["gemm_peak"] = gemm = {d: harness.gemm_peak(args.threads, dtype=d) for d in ("float32", "bfloat16")}
+        results["gemm_peak"] = gemm = {d: harness.gemm_peak(args.threads, size=args.gemm_size, dtype=d)
+                                       for d in ("float32", "bfloat16")}
     if pretraining:
         import numpy as np
 

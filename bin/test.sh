@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
-exec .venv/bin/python -m pytest -p no:cacheprovider "$@" tests
+exec .venv/bin/python -m pytest -p no:cacheprovider --durations=25 "$@" tests

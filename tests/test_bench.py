@@ -22,7 +22,7 @@ def bench_results(synth_librispeech, tmp_path_factory):
     args = ["--json", str(out), "--corpus", str(synth_librispeech), "--cache", str(out.parent / "cache"),
             "--size", "tiny", "--batch", "2", "--seconds", "1", "--infer-batch", "1", "--infer-seconds", "1",
             "--decode-utts", "3", "--decode-jobs", "1", "--prepare-copies", "2", "--reps", "1", "--warmup", "0",
-            "--settle", "0", "--threads", "1"]
+            "--settle", "0", "--threads", "1", "--gemm-size", "256"]
     returned = run.main(args)
     return returned, json.loads(out.read_text())
 
