@@ -149,3 +149,24 @@ def test_results_link_the_ctm_of_each_subset(exp):
     assert ("- test-clean: [pretrained, greedy](decode/pretrained/test-clean/greedy/hyp.ctm), "
             "[scratch, 4gram](decode/scratch/test-clean/4gram/hyp.ctm)") in text
     assert "- dev-clean:" not in text  # no CTM there, no link
+
+
+def test_each_pair_of_columns_is_compared_once(tmp_path):
+    """Four columns of one subset give four pairs that differ in one way, whichever column is better."""
+    from w2vtk.decode import write_scores
+
+    rng = np.random.default_rng(1)
+    ids = [f"{spk}-1-{u}" for spk in range(100, 106) for u in range(4)]
+    refs = [[f"w{int(x)}" for x in rng.integers(0, 50, 10)] for _ in ids]
+    # The first column in the table's order (pretrained, 4gram) is the worst, so it loses its first pair.
+    systems = {("pretrained", "4gram"): 0.7, ("pretrained", "greedy"): 0.2, ("scratch", "4gram"): 0.4,
+               ("scratch", "greedy"): 0.5}
+    for (model, decoding), p in systems.items():
+        out = tmp_path / "exp" / "decode" / model / "test-clean" / decoding
+        out.mkdir(parents=True)
+        write_scores(out, ids, refs, [[("x" if rng.random() < p else w) for w in r] for r in refs], "wer")
+    _, js = write_results(tmp_path / "exp")
+    pairs = [frozenset((c["better"], c["worse"])) for c in json.loads(js.read_text())["comparisons"]]
+    assert sorted(map(sorted, pairs)) == sorted(map(sorted, [
+        {"pretrained, 4gram", "pretrained, greedy"}, {"pretrained, 4gram", "scratch, 4gram"},
+        {"pretrained, greedy", "scratch, greedy"}, {"scratch, 4gram", "scratch, greedy"}]))

@@ -105,15 +105,14 @@ def comparisons(scores: list[Score], blocks: dict[tuple[str, str, str], BlockCou
     """Paired comparisons of the columns that decoded the same subset and differ in the model or in the
     decoding: {subset, better, worse, p_better}, the better one (fewer errors) first."""
     out = []
-    for i, a in enumerate(scores):
-        for b in scores[i + 1:]:
-            if a.subset != b.subset or (a.model != b.model) == (a.decoding != b.decoding):
+    for i, first in enumerate(scores):
+        for second in scores[i + 1:]:
+            if first.subset != second.subset or (first.model != second.model) == (first.decoding != second.decoding):
                 continue
-            ca, cb = blocks.get(_key(a)), blocks.get(_key(b))
-            if ca is None or cb is None or ca.blocks != cb.blocks:
+            pair = [(first, blocks.get(_key(first))), (second, blocks.get(_key(second)))]
+            if pair[0][1] is None or pair[1][1] is None or pair[0][1].blocks != pair[1][1].blocks:
                 continue
-            if cb.errors.sum() < ca.errors.sum():
-                a, b, ca, cb = b, a, cb, ca
+            (a, ca), (b, cb) = sorted(pair, key=lambda p: p[1].errors.sum())  # the better one first
             out.append({"subset": a.subset, "better": f"{a.model}, {a.decoding}", "worse": f"{b.model}, {b.decoding}",
                         "p_better": round(probability_better(ca, cb), 4)})
     return out
