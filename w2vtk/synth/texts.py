@@ -27,7 +27,7 @@ DATA_DIR = Path(__file__).parent.parent / "data"
 HARVARD_FILE = DATA_DIR / "harvard_sentences.txt"
 DEVIL_FILE = Path("/usr/share/dictd/devil.dict.dz")
 SOURCES = ("harvard", "kjv", "devil")
-WORDS_RANGE = (4, 20)  # words per sentence read aloud: about 1.5-8 s of espeak-ng speech
+WORDS_RANGE = (4, 20)  # words per sentence read aloud
 
 
 def _numbered_lines(path: Path) -> list[str]:
