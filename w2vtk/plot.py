@@ -178,12 +178,7 @@ def plot_training(runs: Sequence[TrainingLog], out: str | os.PathLike, title: st
         ax.set_visible(False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(out)
-    with atomic_open(out, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
-    return out
+    return _save_png(fig, out)
 
 
 def plot_experiments(exp_dirs: Sequence[str | os.PathLike], out: str | os.PathLike | None = None,
@@ -242,6 +237,13 @@ def plot_alignment(audio: str | os.PathLike, ctm: str | os.PathLike, out: str | 
     ax.set_xlabel("seconds")
     ax.set_yticks([])
     ax.set_title(title or f"{utterance}: {len(recordings[utterance])} words")
+    return _save_png(fig, out)
+
+
+def _save_png(fig, out: str | os.PathLike) -> Path:
+    """Lay out `fig`, write it to `out` as a PNG atomically, close it; returns the path."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = Path(out)
     with atomic_open(out, "wb") as f:
