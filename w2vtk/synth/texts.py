@@ -21,18 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from w2vtk.errors import W2vtkError
+from w2vtk.synth.common import load_sentences
 from w2vtk.text import TranscriptError, normalize_sentence
 
-DATA_DIR = Path(__file__).parent.parent / "data"
-HARVARD_FILE = DATA_DIR / "harvard_sentences.txt"
 DEVIL_FILE = Path("/usr/share/dictd/devil.dict.dz")
 SOURCES = ("harvard", "kjv", "devil")
 WORDS_RANGE = (4, 20)  # words per sentence read aloud
-
-
-def _numbered_lines(path: Path) -> list[str]:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [s.strip() for s in lines if s.strip() and not s.startswith("#")]
 
 
 def _kjv_text() -> str:
@@ -80,7 +74,7 @@ def readable(sentence: str, words: tuple[int, int] = WORDS_RANGE) -> bool:
 def load_source(source: str, words: tuple[int, int] = WORDS_RANGE) -> list[str]:
     """The readable sentences of one source (a name in SOURCES or a text file's path), unique, in order."""
     if source == "harvard":
-        candidates = _numbered_lines(HARVARD_FILE)
+        candidates = load_sentences()
     elif source == "kjv":
         candidates = prose_sentences(_kjv_text())
     elif source == "devil":
