@@ -27,6 +27,7 @@ from w2vtk.audio import SAMPLE_RATE, AudioError, resampled_length
 DEFAULT_CHUNK_SECONDS = 20.0
 DEFAULT_CONTEXT_SECONDS = 5.0
 _STATS_BLOCK = 1 << 20  # samples per read of the normalisation pass
+_RESAMPLE_MARGIN = 4096  # native samples read beyond each end of a span to resample: past the filter's reach
 
 
 def _open(path: str | os.PathLike):
@@ -60,27 +61,35 @@ def _read(f, path, start: int, count: int) -> np.ndarray:
     return wav
 
 
-def _mean_std(f, path, eps: float = 1e-5) -> tuple[float, float]:
-    """Mean and standard deviation of the whole file at 16 kHz, read (and resampled) block by block.
-    Blocks start on whole samples at both rates and are resampled with a margin on both sides that is
-    then cut off, so the blocks tile the resampled file as whole-file resampling gives it."""
+def _read_16k(f, path, start16: int, count16: int) -> np.ndarray:
+    """Samples [start16, start16 + count16) of the file at 16 kHz (fewer at its end), mono float32;
+    `start16` must fall on a whole sample at the file's rate too. Other rates are read with a margin on
+    both sides that holds the resampling filter's edges and is then cut off, so that spans read this
+    way are the samples that resampling the whole file gives."""
     from w2vtk.audio import resample
 
+    rate = f.samplerate
+    if rate == SAMPLE_RATE:
+        return _read(f, path, start16, max(0, min(count16, f.frames - start16)))
+    unit = rate // math.gcd(rate, SAMPLE_RATE)  # native samples per whole 16 kHz sample
+    margin = unit * -(-_RESAMPLE_MARGIN // unit)
+    native_start = start16 * rate // SAMPLE_RATE
+    a = max(0, native_start - margin)
+    b = min(f.frames, native_start - (-count16 * rate // SAMPLE_RATE) + margin)
+    wav = resample(_read(f, path, a, b - a), rate)
+    lo = (native_start - a) * SAMPLE_RATE // rate
+    return wav[lo:lo + count16]
+
+
+def _mean_std(f, path, eps: float = 1e-5) -> tuple[float, float]:
+    """Mean and standard deviation of the whole file at 16 kHz, read (and resampled) block by block."""
     unit = f.samplerate // math.gcd(f.samplerate, SAMPLE_RATE)  # native samples per whole 16 kHz sample
-    block = max(unit, _STATS_BLOCK // unit * unit)
-    margin = 0 if f.samplerate == SAMPLE_RATE else unit * -(-4096 // unit)
+    block16 = max(unit, _STATS_BLOCK // unit * unit) * SAMPLE_RATE // f.samplerate
     total16 = resampled_length(f.frames, f.samplerate)
     total = total_sq = 0.0
     n = 0
-    for start in range(0, f.frames, block):
-        a, b = max(0, start - margin), min(f.frames, start + block + margin)
-        wav = _read(f, path, a, b - a)
-        if f.samplerate != SAMPLE_RATE:
-            wav = resample(wav, f.samplerate)
-        lo = (start - a) * SAMPLE_RATE // f.samplerate
-        last = start + block >= f.frames
-        count = total16 - n if last else block * SAMPLE_RATE // f.samplerate
-        part = wav[lo:lo + count].astype(np.float64)
+    for start16 in range(0, total16, block16):
+        part = _read_16k(f, path, start16, min(block16, total16 - start16)).astype(np.float64)
         total += part.sum()
         total_sq += (part * part).sum()
         n += len(part)
@@ -96,8 +105,6 @@ def chunked_logprobs(am, path: str | os.PathLike, chunk_seconds: float = DEFAULT
     import torch.nn.functional as F
     from tqdm import tqdm
 
-    from w2vtk.audio import resample
-
     cfg = am.model.cfg
     stride, field = cfg.frame_stride, cfg.receptive_field
     with _open(path) as f:
@@ -112,28 +119,24 @@ def chunked_logprobs(am, path: str | os.PathLike, chunk_seconds: float = DEFAULT
         chunk = max(per_step, round(chunk_seconds * SAMPLE_RATE / stride) // per_step * per_step)
         context = int(math.ceil(context_seconds * SAMPLE_RATE / stride / per_step)) * per_step
         mean, std = _mean_std(f, path) if am.normalize else (0.0, 1.0)
-        out = []
+        result = np.empty((frames, len(am.vocab)), dtype=np.float32)
+        done = 0  # frames of `result` filled
         bar = tqdm(total=frames, desc=f"acoustic model ({os.path.basename(path)})", unit="frame",
                    disable=not progress)
         with torch.inference_mode():
             for keep_start in range(0, frames, chunk):
                 keep_end = min(frames, keep_start + chunk)
                 first, last = max(0, keep_start - context), min(frames, keep_end + context)
-                start16, count16 = first * stride, (last - 1) * stride + field
-                native_start = start16 * rate // SAMPLE_RATE
-                native_count = min(f.frames - native_start, -(-count16 * rate // SAMPLE_RATE))
-                wav = _read(f, path, native_start, native_count)
-                if rate != SAMPLE_RATE:
-                    wav = resample(wav, rate)
-                wav = (wav[:count16] - mean) / std
+                wav = _read_16k(f, path, first * stride, (last - first - 1) * stride + field)
+                wav = (wav - mean) / std
                 x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))[None].to(am.device)
                 logits, _ = am.model.ctc_logits(x)
                 lprobs = F.log_softmax(logits[0].float(), dim=-1).cpu().numpy()
-                out.append(np.ascontiguousarray(lprobs[keep_start - first: keep_end - first]))
+                kept = lprobs[keep_start - first: keep_end - first]
+                result[keep_start:keep_start + len(kept)] = kept
+                done = keep_start + len(kept)
                 bar.update(keep_end - keep_start)
         bar.close()
-    result = np.concatenate(out)
-    if len(result) != frames:  # the last window was short of samples (a resampled length rounded down)
-        pad = np.repeat(result[-1:], frames - len(result), axis=0)
-        result = np.concatenate([result, pad])
+    if done < frames:  # the last window was short of samples (a resampled length rounded down)
+        result[done:] = result[done - 1]
     return result
