@@ -3,6 +3,8 @@ not grow with the recording's length."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +84,52 @@ def test_transcribe_times_words_across_window_joins(tmp_path):
     for a, b in zip(chunked["words"], whole["words"]):
         assert a["start"] == pytest.approx(b["start"], abs=1e-3) and a["duration"] == pytest.approx(b["duration"], abs=1e-3)
     assert whole["words"][-1]["start"] > 7.0  # the words run to the end of the file
+
+
+@pytest.mark.parametrize("rate", [16000, 8000])
+def test_each_window_holds_at_most_chunk_and_context(tmp_path, rate):
+    from w2vtk.decode import load_acoustic_model
+    from w2vtk.long_audio import chunked_logprobs
+
+    am = load_acoustic_model(write_local_model(tmp_path / "local.pt"), "cpu")
+    path = tmp_path / "long.wav"
+    write_audio(path, speechlike(12.0, rate), sample_rate=rate)
+    seen = []
+    am.model.feature_extractor.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[-1]))
+    frames = chunked_logprobs(am, path, chunk_seconds=1.0, context_seconds=0.5, progress=False)
+    window = (1.0 + 2 * 0.5) * 16000 + am.model.cfg.receptive_field
+    assert len(seen) == -(-len(frames) // 50) and max(seen) <= window, seen
+
+
+PEAK_RSS = """
+import resource, subprocess, sys
+subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def peak_rss_mb(cmd: list[str]) -> float:
+    """Peak resident memory of `cmd`, run as a process of its own, in MB."""
+    from tiny_runs import ENV
+
+    out = subprocess.run([sys.executable, "-c", PEAK_RSS, *cmd], capture_output=True, text=True, check=True,
+                         env=ENV)
+    return int(out.stdout.strip()) / 1024
+
+
+def test_peak_memory_does_not_grow_with_the_recordings_length(tmp_path):
+    """`w2vtk transcribe` of a 1-minute and a 5-minute file: only the log-probabilities should grow
+    (1.5 MB), beside a few MB that the peak varies by from run to run. Reading the longer file whole
+    and normalising it would add two float32 copies of its extra 4 minutes (30 MB); windows that grow
+    with the position in the file, hundreds of MB."""
+    from tiny_runs import W2VTK
+
+    ckpt = write_local_model(tmp_path / "local.pt")
+    minute = speechlike(60.0)
+    peaks = {}
+    for minutes in (1, 5):
+        path = tmp_path / f"{minutes}min.wav"
+        write_audio(path, np.tile(minute, minutes))
+        peaks[minutes] = peak_rss_mb([W2VTK, "transcribe", "--checkpoint", str(ckpt), "--device", "cpu",
+                                      "--chunk-seconds", "10", "--context-seconds", "2", str(path)])
+    assert peaks[5] - peaks[1] < 25.0, peaks

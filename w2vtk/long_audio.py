@@ -133,10 +133,13 @@ def chunked_logprobs(am, path: str | os.PathLike, chunk_seconds: float = DEFAULT
                 logits, _ = am.model.ctc_logits(x)
                 lprobs = F.log_softmax(logits[0].float(), dim=-1).cpu().numpy()
                 kept = lprobs[keep_start - first: keep_end - first]
+                if len(kept) < keep_end - keep_start and (keep_end < frames or len(kept) == 0):
+                    raise AudioError(f"{path}: holds fewer samples than its header states; the file is corrupt "
+                                     "or truncated: re-extract or replace it")
                 result[keep_start:keep_start + len(kept)] = kept
                 done = keep_start + len(kept)
                 bar.update(keep_end - keep_start)
         bar.close()
-    if done < frames:  # the last window was short of samples (a resampled length rounded down)
-        result[done:] = result[done - 1]
+    # the last window may be short of samples (a resampled length rounded down)
+    result[done:] = result[done - 1]
     return result
