@@ -109,8 +109,8 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 
 def peak_rss_mb(cmd: list[str]) -> float:
-    """Peak resident memory of `cmd`, run as a process of its own, in MB. Without huge pages: the kernel
-    fills them in the background, which moves the peak by tens of MB from one run to the next."""
+    """Peak resident memory of `cmd`, run as a process of its own, in MB. Without huge pages: with them
+    the peak moves by tens of MB from one run to the next."""
     from tiny_runs import ENV
 
     out = subprocess.run([sys.executable, "-c", PEAK_RSS, *cmd], capture_output=True, text=True, check=True,
