@@ -169,6 +169,11 @@ end_stage() {
   rm -f "$dir/.running"
 }
 
+# A file named by its path and its content, so that editing a config redoes the stages that used it.
+file_id() {
+  printf '%s %s\n' "$1" "$(sha256sum < "$1" | cut -c1-16)"
+}
+
 stamp() {
   [ -f "$1/.done" ] || { echo "not-done"; return 0; }
   grep '^id=' "$1/.done" || echo "no-id"
@@ -200,7 +205,7 @@ pretrain_stage() {
     return 0
   fi
   stage_selected "$n" && need_done "$manifests" "stage 1's manifests"
-  sig="conf=$pretrain_conf"$'\n'"updates=$pretrain_updates"$'\n'"args=$pretrain_args"$'\n'"seed=${seed:-1}"
+  sig="conf=$(file_id "$pretrain_conf")"$'\n'"updates=$pretrain_updates"$'\n'"args=$pretrain_args"$'\n'"seed=${seed:-1}"
   sig+=$'\n'"data=$(stamp "$manifests")"
   if begin_stage "$n" "pretrain ($conf) on $what" "$pretrain_dir" "$sig" resumable; then
     w2vtk --seed "${seed:-1}" pretrain --config "$pretrain_conf" --data "$manifests" --train-subset "$train_subset" \

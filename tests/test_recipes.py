@@ -140,6 +140,22 @@ def test_stage_done_skipped_changed_forced(toy):
     assert (work / "out" / ".done").read_text() != done
 
 
+def test_a_config_is_identified_by_its_content(tmp_path):
+    """Stage signatures name configs by path and content: editing a config redoes the stages it drives."""
+    conf = tmp_path / "conf dir" / "a.yaml"
+    conf.parent.mkdir()
+    conf.write_text("optim:\n  lr: 5.0e-4\n")
+
+    def file_id() -> str:
+        return subprocess.run(["bash", "-c", f'. "{COMMON}"; file_id "$1"', "-", str(conf)], capture_output=True,
+                              text=True, check=True).stdout
+
+    first = file_id()
+    assert first.startswith(f"{conf} ") and first == file_id()
+    conf.write_text("optim:\n  lr: 2.0e-3\n")
+    assert file_id() != first and file_id().startswith(f"{conf} ")
+
+
 def test_crashed_stage_starts_clean(toy):
     script = toy()
     work = script.parent

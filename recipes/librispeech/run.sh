@@ -254,7 +254,7 @@ if stage_selected 4; then
   subset_exists "$labelled_subset" || die "$manifests/$labelled_subset.tsv is missing: --labelled $labelled" \
     "needs it (Libri-light's splits come with --librilight; redo stage 1 with --force true)"
 fi
-sig="conf=$finetune_conf"$'\n'"labelled=$labelled_subset"$'\n'"models=${models[*]}"$'\n'"updates=$finetune_updates"
+sig="conf=$(file_id "$finetune_conf")"$'\n'"labelled=$labelled_subset"$'\n'"models=${models[*]}"$'\n'"updates=$finetune_updates"
 sig+=$'\n'"args=$finetune_args"$'\n'"seed=$seed"$'\n'"$init_id"$'\n'"data=$(stamp "$manifests")"
 if begin_stage 4 "fine-tune on $labelled_subset (${models[*]})" "$finetune_dir" "$sig" resumable; then
   for model in "${models[@]}"; do
@@ -263,8 +263,6 @@ if begin_stage 4 "fine-tune on $labelled_subset (${models[*]})" "$finetune_dir" 
       from=(--init "$init_ckpt")
     else
       from=(task.feature_grad_mult=1.0)  # from random weights the CNN must learn too
-      # and the tiny model needs a higher LR than finetune_tiny.yaml's, which is for a pretrained start
-      [ "$conf" != tiny ] || from+=(optim.lr=2e-3)
     fi
     w2vtk --seed "$seed" finetune --config "$finetune_conf" --data "$manifests" --train-subset "$labelled_subset" \
       --valid-subset "$(valid_subset)" --labels ltr --exp-dir "$finetune_dir/$model" \

@@ -128,7 +128,7 @@ if stage_selected 4; then
   need_done "$manifests" "stage 1's manifests"
   [ -n "$init" ] || need_done "$pretrain_dir" "stage 3's pretrained model"
 fi
-sig="conf=$finetune_conf"$'\n'"updates=$finetune_updates"$'\n'"args=$finetune_args"$'\n'"$init_id"
+sig="conf=$(file_id "$finetune_conf")"$'\n'"updates=$finetune_updates"$'\n'"args=$finetune_args"$'\n'"$init_id"
 sig+=$'\n'"data=$(stamp "$manifests")"
 if begin_stage 4 "fine-tune on phones" "$finetune_dir" "$sig" resumable; then
   w2vtk finetune --config "$finetune_conf" --data "$manifests" --train-subset train --valid-subset dev \
