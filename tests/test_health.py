@@ -11,8 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from tiny_runs import W2VTK, finetune_cmd, one_line_error, pretrain_cmd, run
-from w2vtk.training.health import (HealthMonitor, RunFacts, check_run, diagnose, explain_divergence, healthy_ranges,
+from w2vtk.training.health import (HealthMonitor, RunFacts, diagnose, explain_divergence, healthy_ranges,
                                    read_log)
+from w2vtk.training.health_check import check_run
 
 
 def _pretrain_facts(**kw) -> RunFacts:

@@ -101,7 +101,8 @@ def read_training_log(exp_dir: str | os.PathLike, name: str | None = None) -> Tr
                 continue
             if math.isfinite(value):
                 curves.add(step, key, float(value))
-    from w2vtk.training.health import healthy_ranges, run_facts
+    from w2vtk.training.health import healthy_ranges
+    from w2vtk.training.health_check import run_facts
 
     facts = run_facts(exp_dir)
     return TrainingLog(name or exp_dir.resolve().name, train, valid, healthy_ranges(facts) if facts else {})

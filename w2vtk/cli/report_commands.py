@@ -60,7 +60,7 @@ def check(ctx, exp_dir):
     verdict. Exit status 0: healthy; 1: a symptom holds at the end of the log (it names the likely cause
     and the setting to change). docs/health.md explains the ranges.
     """
-    from w2vtk.training.health import check_experiment
+    from w2vtk.training.health_check import check_experiment
 
     text, healthy = check_experiment(exp_dir)
     click.echo(text, nl=False)

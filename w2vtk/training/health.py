@@ -182,7 +182,8 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def _value(rec: dict, key: str) -> float:
+def value_of(rec: dict, key: str) -> float:
+    """rec[key] as a float; NaN when it is missing or not a number."""
     v = rec.get(key)
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
 
@@ -207,15 +208,15 @@ def _held(records: list[dict], predicate: Callable[[int], bool], start: int, str
 
 def _collapse(f: RunFacts, train: list[dict], valid: list[dict]) -> Finding | None:
     level = f.collapse_level
-    since = _held(train, lambda i: min(_value(train[i], "prob_perplexity"), _value(train[i], "code_perplexity")) < level,
+    since = _held(train, lambda i: min(value_of(train[i], "prob_perplexity"), value_of(train[i], "code_perplexity")) < level,
                   0, f.stretch)
     if since is None:
         return None
     last = train[-1]
     low, hi, _ = f.latent_temp
     return Finding("collapse", "codebook collapse", last["step"], since,
-                   f"prob_perplexity {_value(last, 'prob_perplexity'):.3g} and code_perplexity "
-                   f"{_value(last, 'code_perplexity'):.3g} of G x V = {f.num_codes} (below {level:.3g}) "
+                   f"prob_perplexity {value_of(last, 'prob_perplexity'):.3g} and code_perplexity "
+                   f"{value_of(last, 'code_perplexity'):.3g} of G x V = {f.num_codes} (below {level:.3g}) "
                    f"since update {since}",
                    f"the quantizer uses only a few of its codes: the diversity penalty "
                    f"(task.diversity_weight={f.diversity_weight:g}) is too weak for the Gumbel temperature "
@@ -229,17 +230,17 @@ def _diversity_rising(f: RunFacts, train: list[dict], valid: list[dict]) -> Find
     too (the tiny demo: 0.05 to 0.6; BASE at 22k updates: 0.96). One that has not fallen over a stretch
     while the perplexity is within twice the collapse level is collapse under way."""
     ceiling = 1 - 2 * f.collapse_level / max(f.num_codes, 1)
-    since = _held(train, lambda i: _value(train[i], "diversity") > ceiling, 0, f.stretch)
+    since = _held(train, lambda i: value_of(train[i], "diversity") > ceiling, 0, f.stretch)
     if since is None:
         return None
     first = next(r for r in train if r["step"] > since)
     last = train[-1]
-    if _value(last, "diversity") < _value(first, "diversity") - 0.02:
+    if value_of(last, "diversity") < value_of(first, "diversity") - 0.02:
         return None  # falling again: the penalty is winning
     return Finding("diversity", "diversity loss not falling", last["step"], since,
-                   f"the diversity loss went from {_value(first, 'diversity'):.3g} (update {first['step']}) to "
-                   f"{_value(last, 'diversity'):.3g} (ceiling {1 - f.groups / f.num_codes:.3g}); prob_perplexity "
-                   f"{_value(last, 'prob_perplexity'):.3g} of {f.num_codes}",
+                   f"the diversity loss went from {value_of(first, 'diversity'):.3g} (update {first['step']}) to "
+                   f"{value_of(last, 'diversity'):.3g} (ceiling {1 - f.groups / f.num_codes:.3g}); prob_perplexity "
+                   f"{value_of(last, 'prob_perplexity'):.3g} of {f.num_codes}",
                    f"the diversity penalty (task.diversity_weight={f.diversity_weight:g}) does not keep the codebook "
                    "in use: the codebook is collapsing",
                    "raise task.diversity_weight (paper: 0.1); lower optim.lr")
@@ -247,12 +248,12 @@ def _diversity_rising(f: RunFacts, train: list[dict], valid: list[dict]) -> Find
 
 def _accuracy_at_chance(f: RunFacts, train: list[dict], valid: list[dict]) -> Finding | None:
     level = CHANCE_MARGIN * f.chance
-    since = _held(train, lambda i: _value(train[i], "accuracy") < level, f.learning_from, f.stretch)
+    since = _held(train, lambda i: value_of(train[i], "accuracy") < level, f.learning_from, f.stretch)
     if since is None:
         return None
     last = train[-1]
     return Finding("chance", "accuracy at chance", last["step"], since,
-                   f"accuracy {_value(last, 'accuracy'):.3g}, below {level:.3g} ({CHANCE_MARGIN:g} x chance "
+                   f"accuracy {value_of(last, 'accuracy'):.3g}, below {level:.3g} ({CHANCE_MARGIN:g} x chance "
                    f"1/(K+1) = {f.chance:.3g}) since update {since}, past the warm-up",
                    f"the model does not learn to tell the true quantized target from its K={f.num_negatives} "
                    f"distractors: a learning rate too small or too large (optim.lr={f.lr:g}), or audio that is "
@@ -262,29 +263,29 @@ def _accuracy_at_chance(f: RunFacts, train: list[dict], valid: list[dict]) -> Fi
 
 
 def _grad_near_zero(f: RunFacts, train: list[dict], valid: list[dict]) -> Finding | None:
-    since = _held(train, lambda i: _value(train[i], "grad_norm") < GRAD_NEAR_ZERO, f.warmup_end, f.stretch)
+    since = _held(train, lambda i: value_of(train[i], "grad_norm") < GRAD_NEAR_ZERO, f.warmup_end, f.stretch)
     if since is None:
         return None
     last = train[-1]
     return Finding("grad_zero", "gradient norm near zero", last["step"], since,
-                   f"grad_norm {_value(last, 'grad_norm'):.3g} (below {GRAD_NEAR_ZERO:g}) since update {since}",
+                   f"grad_norm {value_of(last, 'grad_norm'):.3g} (below {GRAD_NEAR_ZERO:g}) since update {since}",
                    "nothing reaches the weights: a loss that no longer depends on them (every target alike, "
                    "a collapsed codebook), or a frozen model",
                    "check the other findings; lower optim.lr and restart from an earlier checkpoint")
 
 
 def _grad_exploding(f: RunFacts, train: list[dict], valid: list[dict]) -> Finding | None:
-    earlier = [_value(r, "grad_norm") for r in itertools.takewhile(lambda r: r["step"] <= f.stretch, train)]
+    earlier = [value_of(r, "grad_norm") for r in itertools.takewhile(lambda r: r["step"] <= f.stretch, train)]
     earlier = [g for g in earlier if math.isfinite(g)]
     if not earlier:
         return None
     level = GRAD_EXPLODING_FACTOR * max(statistics.median(earlier), GRAD_NEAR_ZERO)
-    since = _held(train, lambda i: not _value(train[i], "grad_norm") <= level, f.stretch + 1, f.stretch)
+    since = _held(train, lambda i: not value_of(train[i], "grad_norm") <= level, f.stretch + 1, f.stretch)
     if since is None:
         return None
     last = train[-1]
     return Finding("grad_exploding", "gradient norm exploding", last["step"], since,
-                   f"grad_norm {_value(last, 'grad_norm'):.3g}, over {GRAD_EXPLODING_FACTOR:g} x its early median "
+                   f"grad_norm {value_of(last, 'grad_norm'):.3g}, over {GRAD_EXPLODING_FACTOR:g} x its early median "
                    f"{statistics.median(earlier):.3g}, since update {since}",
                    f"updates too large for the model (optim.lr={f.lr:g}, optim.clip_norm={f.clip_norm:g})",
                    "lower optim.lr, set optim.clip_norm (e.g. 5), and restart from an earlier checkpoint")
@@ -295,11 +296,11 @@ def _blank_output(f: RunFacts, train: list[dict], valid: list[dict]) -> Finding 
     # 800 updates), so this is judged on the second half of the run only.
     start = max(f.freeze_updates, f.warmup_end, f.max_updates // 2)
     judged = [r for r in valid if r["step"] >= start and "empty_output" in r]
-    if len(judged) < 2 or not all(_value(r, "empty_output") >= BLANK_OUTPUT_FRACTION for r in judged[-2:]):
+    if len(judged) < 2 or not all(value_of(r, "empty_output") >= BLANK_OUTPUT_FRACTION for r in judged[-2:]):
         return None
     last = judged[-1]
     return Finding("blank", "all-blank output", last["step"], judged[-2]["step"],
-                   f"{100 * _value(last, 'empty_output'):.0f}% of validation utterances decode to nothing (greedy) "
+                   f"{100 * value_of(last, 'empty_output'):.0f}% of validation utterances decode to nothing (greedy) "
                    f"at updates {judged[-2]['step']} and {last['step']}, after the freeze and warm-up",
                    f"CTC has settled on the blank: the learning rate (optim.lr={f.lr:g}) is too small or too large, "
                    "or too few updates with the Transformer unfrozen (task.freeze_finetune_updates="
@@ -310,7 +311,7 @@ def _blank_output(f: RunFacts, train: list[dict], valid: list[dict]) -> Finding 
 
 def _ctc_infeasible(f: RunFacts, train: list[dict], valid: list[dict]) -> Finding | None:
     window = [r for r in train if r["step"] > train[-1]["step"] - f.stretch] if train else []
-    values = [_value(r, "ctc_infeasible") for r in window]
+    values = [value_of(r, "ctc_infeasible") for r in window]
     values = [v for v in values if math.isfinite(v)]
     if not values or train[-1]["step"] < f.stretch or sum(values) / len(values) <= CTC_INFEASIBLE_FRACTION:
         return None
@@ -331,11 +332,11 @@ def _wer_not_falling(f: RunFacts, train: list[dict], valid: list[dict]) -> Findi
     judged = [r for r in valid if r["step"] >= f.learning_from and metric in r]
     if len(judged) < WER_MIN_VALIDATIONS or judged[-1]["step"] - judged[0]["step"] < f.max_updates // 4:
         return None
-    first, best = _value(judged[0], metric), min(_value(r, metric) for r in judged)
+    first, best = value_of(judged[0], metric), min(value_of(r, metric) for r in judged)
     if not best >= first:
         return None
     return Finding("wer_flat", f"{metric.upper()} not falling", judged[-1]["step"], judged[0]["step"],
-                   f"validation {metric.upper()} {_value(judged[-1], metric):.1f}% at update {judged[-1]['step']}, "
+                   f"validation {metric.upper()} {value_of(judged[-1], metric):.1f}% at update {judged[-1]['step']}, "
                    f"no better than {first:.1f}% at update {judged[0]['step']} ({len(judged)} validations)",
                    f"the learning rate (optim.lr={f.lr:g}) does not suit the model, or it overfits a small "
                    "labelled set",
@@ -363,7 +364,7 @@ def diagnose_split(facts: RunFacts, train: list[dict], valid: list[dict]) -> lis
 def explain_divergence(facts: RunFacts, records: Iterable[dict[str, Any]], step: int, skipped: int) -> Finding:
     """Why a run whose last `skipped` updates were all non-finite diverged, from what it logged before."""
     train, _, _ = split_records(records)
-    norms = [(r["step"], _value(r, "grad_norm")) for r in train]
+    norms = [(r["step"], value_of(r, "grad_norm")) for r in train]
     finite = [(s, g) for s, g in norms if math.isfinite(g)]
     overflow = next(((s, g) for s, g in norms if math.isinf(g)), None)
     evidence = f"{skipped} updates in a row had a non-finite loss or gradient"
@@ -428,102 +429,3 @@ class HealthMonitor:
 
     def diverged(self, step: int, skipped: int) -> Finding:
         return explain_divergence(self.facts, self.train, step, skipped)
-
-
-# ----------------------------------------------------------------------------------------- `w2vtk check`
-
-def run_kind(cfg: dict[str, Any]) -> str:
-    """"pretrain" or "finetune", from a resolved run config (only pretraining has distractors)."""
-    return "pretrain" if "num_negatives" in (cfg.get("task") or {}) else "finetune"
-
-
-def run_facts(exp_dir: str | Path) -> RunFacts | None:
-    """The RunFacts of an experiment folder from its config.yaml; None without a readable one."""
-    from w2vtk.config import read_yaml
-    from w2vtk.errors import W2vtkError
-
-    path = Path(exp_dir) / "config.yaml"
-    if not path.is_file():
-        return None
-    try:
-        cfg = read_yaml(path)
-        return RunFacts.from_config(run_kind(cfg), cfg)
-    except (W2vtkError, KeyError, TypeError, ValueError, IndexError):
-        return None
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What `w2vtk check` reports: the symptoms holding at the end, the findings logged during the run,
-    and the evidence lines (the last value of each quantity against its healthy range)."""
-
-    holding: list[Finding]
-    logged: list[dict[str, Any]]
-    evidence: list[str]
-    last_step: int
-
-    @property
-    def healthy(self) -> bool:
-        return not self.holding
-
-
-def check_run(facts: RunFacts, records: list[dict[str, Any]]) -> Verdict:
-    """Judge a whole log: the rules at its last record, plus a run that stopped on non-finite losses."""
-    train, valid, logged = split_records(records)
-    holding = diagnose_split(facts, train, valid)
-    last_step = max([r["step"] for r in train + valid] or [0])
-    holding += [Finding(r["health"], r.get("symptom", r["health"]), r["step"], r.get("since", r["step"]),
-                        r.get("evidence", ""), r.get("cause", ""), r.get("fix", ""))
-                for r in logged if r["health"] == "diverged" and r["step"] >= last_step]
-    evidence = []
-    for key, rng in healthy_ranges(facts).items():
-        for split, recs in (("train", train), ("valid", valid)):
-            latest = next((r for r in reversed(recs) if key in r), None)
-            if latest is None:
-                continue
-            value = _value(latest, key)
-            if latest["step"] < rng.start:
-                state = "not judged yet"
-            else:
-                state = "ok" if rng.contains(value) else "OUT OF RANGE"
-            evidence.append(f"{key} ({split}, update {latest['step']}): {value:.4g}; healthy: {rng.describe()}: "
-                            f"{state}")
-    return Verdict(holding, logged, evidence, last_step)
-
-
-def format_verdict(facts: RunFacts, verdict: Verdict) -> str:
-    lines = [f"{facts.kind} run at update {verdict.last_step} of {facts.max_updates} (symptoms must last "
-             f"{facts.stretch} updates; learning is judged from update {facts.learning_from})", ""]
-    lines += ["evidence:"] + [f"  {e}" for e in verdict.evidence] + [""]
-    if verdict.logged:
-        lines.append("warnings logged during the run:")
-        lines += [f"  update {r['step']}: {r.get('symptom', r['health'])}: {r.get('evidence', '')}"
-                  for r in verdict.logged]
-        lines.append("")
-    if verdict.healthy:
-        lines.append("verdict: healthy")
-    else:
-        lines.append("verdict: UNHEALTHY")
-        for x in verdict.holding:
-            lines += [f"  {x.symptom}: {x.evidence}", f"    likely cause: {x.cause}", f"    change: {x.fix}"]
-    return "\n".join(lines) + "\n"
-
-
-def check_experiment(exp_dir: str | Path) -> tuple[str, bool]:
-    """(the report of `w2vtk check`, whether the run is healthy). Raises W2vtkError naming the missing
-    or unreadable file."""
-    from w2vtk.errors import W2vtkError
-
-    exp_dir = Path(exp_dir)
-    log_path = exp_dir / "log.jsonl"
-    if not log_path.is_file():
-        raise W2vtkError(f"{log_path}: no such file; pass the --exp-dir of a `w2vtk pretrain` or `w2vtk finetune` run")
-    facts = run_facts(exp_dir)
-    if facts is None:
-        raise W2vtkError(f"{exp_dir / 'config.yaml'}: missing or not a w2vtk run config; pass the --exp-dir of a "
-                         "`w2vtk pretrain` or `w2vtk finetune` run")
-    records = read_log(log_path)
-    if not any("step" in r and "health" not in r for r in records):
-        raise W2vtkError(f"{log_path}: no logged updates yet; check again after trainer.log_interval updates")
-    verdict = check_run(facts, records)
-    return format_verdict(facts, verdict), verdict.healthy
