@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from test_plot import PNG_MAGIC
 from tiny_runs import W2VTK, finetune_cmd, one_line_error, pretrain_cmd, run
 from w2vtk.training.health import (HealthMonitor, RunFacts, check_run, diagnose, explain_divergence, healthy_ranges,
                                    read_log)
@@ -167,7 +168,7 @@ def test_collapse_is_warned_and_check_judges_the_run_unhealthy(prepared_librispe
     from w2vtk.plot import plot_experiments, read_training_log
 
     assert "prob_perplexity" in read_training_log(exp).healthy
-    assert plot_experiments([exp]).stat().st_size > 0
+    assert plot_experiments([exp]).read_bytes()[:8] == PNG_MAGIC
 
 
 def test_exploding_run_stops_saying_why(prepared_librispeech, tmp_path):
