@@ -352,8 +352,14 @@ def test_ctm_of_greedy_and_lexicon_free_decoding_scores_as_wer_json(librispeech_
         ctm = [line.split() for line in (out / "hyp.ctm").read_text().splitlines()]
         hyps = read_trn(out / "hyp.trn")
         assert [f[4] for f in ctm] == [w for utt in sorted(hyps) for w in hyps[utt]]
-        for f in ctm:
-            assert f[1] == "A" and float(f[2]) >= 0 and float(f[3]) > 0 and 0 <= float(f[5]) <= 1
+        # each utterance's words follow one another, without overlap, within its audio (times to the ms)
+        ends = {f[0]: float(f[4]) for f in map(str.split, (out / "ref.stm").read_text().splitlines())}
+        for utt in hyps:
+            times = [(float(f[2]), float(f[3])) for f in ctm if f[0] == utt]
+            bounds = [0.0] + [x for start, dur in times for x in (start, start + dur)] + [ends[utt]]
+            assert all(a <= b + 0.0015 for a, b in zip(bounds, bounds[1:])), (utt, times, ends[utt])
+            assert all(dur > 0 for _, dur in times)
+        assert all(f[1] == "A" and 0 <= float(f[5]) <= 1 for f in ctm)
         # a random model gets (nearly) every word wrong: no AUC without right words, a large calibration error
         auc, ece = _confidence_scores(out)
         assert summary["confidence_auc"] == (None if auc is None else pytest.approx(auc, abs=2e-3))
