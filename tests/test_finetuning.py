@@ -73,9 +73,19 @@ def test_transformer_frozen_first_then_trained_cnn_frozen_at_grad_mult_0(prepare
     assert not any(k.startswith(("quantizer.", "project_q.", "final_proj.")) for k in ckpt["model"])
     valid = [json.loads(x) for x in (exp / "log.jsonl").read_text().splitlines() if '"valid"' in x]
     assert valid[-1]["step"] == 3
-    # the validation WER is that of decoding dev-clean greedily with the model of that update
+    # the validation WER is that of decoding dev-clean greedily with the model of that update, and
+    # `emitted` its greedy output tokens per reference token
     assert valid[-1]["wer"] == pytest.approx(_decoded(prepared_librispeech, "dev-clean", exp, tmp_path)["wer"],
                                              abs=1e-3)
+    from w2vtk.decode import compute_logprobs, load_acoustic_model
+    from w2vtk.decoding.greedy import greedy_ids
+    from w2vtk.manifest import read_manifest
+
+    am = load_acoustic_model(exp / "checkpoints" / "last.pt", "cpu")
+    dev = read_manifest(prepared_librispeech / "dev-clean.tsv")
+    emitted = sum(len(greedy_ids(lp)) for lp in compute_logprobs(am, dev, progress=False))
+    letters = len((prepared_librispeech / "dev-clean.ltr").read_text().split())
+    assert valid[-1]["emitted"] == pytest.approx(emitted / letters, rel=1e-6) and emitted > 0
 
 
 def test_cnn_learns_with_a_positive_grad_mult(prepared_librispeech, tmp_path):
