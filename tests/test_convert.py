@@ -13,6 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from dependencies import need_module
 from reference_models import (ctc_symbols, fairseq_finetuned_checkpoint, fairseq_pretrain_checkpoint, hf_config,
                               hf_model, randomize_, save_hf, speech_waveforms, write_fairseq_dict)
 from w2vtk.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -23,7 +24,7 @@ from w2vtk.convert.safetensors import read_safetensors, write_safetensors
 from w2vtk.model import build_model, model_from_checkpoint, tiny_config
 from w2vtk.text import Vocabulary
 
-pytest.importorskip("transformers")
+need_module("transformers")
 TOL = 1e-4
 W2VTK = str(Path(sys.executable).with_name("w2vtk"))
 

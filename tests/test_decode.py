@@ -17,7 +17,7 @@ from w2vtk.cli import main
 from w2vtk.decoding import DecoderOptions, DecoderPool, DecodingError, decode_batch, make_decoder
 from w2vtk.decoding.greedy import greedy_ids
 from w2vtk.lm import LanguageModelError, train_lm, write_lexicon
-from w2vtk.scoring import read_trn
+from w2vtk.scoring import align, read_trn
 from w2vtk.text import LETTERS, SPECIAL_SYMBOLS, Vocabulary, transcript_to_letters
 
 LTR = Vocabulary(SPECIAL_SYMBOLS + ["|"] + LETTERS, "ltr")
@@ -268,8 +268,37 @@ def _check_nbest(out: Path, n: int) -> None:
         assert all(set(e) == {"text", "am", "lm", "words", "score"} and e["words"] == len(e["text"].split())
                    for e in entries)
     summary = json.loads((out / "wer.json").read_text())
+    # the oracle: each utterance scored by its N-best entry with the fewest errors
+    refs = read_trn(out / "ref.trn")
+    oracle = sum(min(align(refs[x["id"]], e["text"].split()).counts.errors for e in x["hyps"]) for x in lines)
+    assert summary["oracle_wer"] == pytest.approx(100 * oracle / summary["ref_tokens"], abs=1e-4)
     assert summary["oracle_wer"] <= summary["wer"]
     assert any(len(x["hyps"]) > 1 for x in lines)
+
+
+def _confidence_scores(out: Path) -> tuple[float | None, float]:
+    """(AUC, ECE) of hyp.ctm's word confidences for right against wrong words, computed here from their
+    definitions: right words are those the alignment of hyp.trn with ref.trn matches; the AUC is the
+    share of (right, wrong) pairs the confidence orders correctly, ties counting half; the ECE sums, over
+    the 10 bins [0, 0.1), ..., [0.9, 1], the bin's share of words times |mean confidence - share right|."""
+    refs, hyps = read_trn(out / "ref.trn"), read_trn(out / "hyp.trn")
+    conf = {utt: [] for utt in hyps}
+    for line in (out / "hyp.ctm").read_text().splitlines():
+        f = line.split()
+        conf[f[0]].append(float(f[5]))
+    pairs = [(c, r == h) for utt in sorted(hyps)
+             for c, (r, h) in zip(conf[utt], [p for p in align(refs[utt], hyps[utt]).pairs if p[1] is not None])]
+    right = [c for c, ok in pairs if ok]
+    wrong = [c for c, ok in pairs if not ok]
+    auc = None
+    if right and wrong:
+        auc = sum((a > b) + 0.5 * (a == b) for a in right for b in wrong) / (len(right) * len(wrong))
+    ece = 0.0
+    for b in range(10):
+        sel = [(c, ok) for c, ok in pairs if min(int(c * 10), 9) == b]
+        if sel:
+            ece += len(sel) / len(pairs) * abs(sum(c for c, _ in sel) / len(sel) - sum(ok for _, ok in sel) / len(sel))
+    return auc, ece
 
 
 def test_decode_command_blank_model_deletes_every_word(librispeech_setup, tmp_path):
@@ -323,11 +352,18 @@ def test_ctm_of_greedy_and_lexicon_free_decoding_scores_as_wer_json(librispeech_
         ctm = [line.split() for line in (out / "hyp.ctm").read_text().splitlines()]
         hyps = read_trn(out / "hyp.trn")
         assert [f[4] for f in ctm] == [w for utt in sorted(hyps) for w in hyps[utt]]
-        for f in ctm:
-            assert f[1] == "A" and float(f[2]) >= 0 and float(f[3]) > 0 and 0 <= float(f[5]) <= 1
+        # each utterance's words follow one another, without overlap, within its audio (times to the ms)
+        ends = {f[0]: float(f[4]) for f in map(str.split, (out / "ref.stm").read_text().splitlines())}
+        for utt in hyps:
+            times = [(float(f[2]), float(f[3])) for f in ctm if f[0] == utt]
+            bounds = [0.0] + [x for start, dur in times for x in (start, start + dur)] + [ends[utt]]
+            assert all(a <= b + 0.0015 for a, b in zip(bounds, bounds[1:])), (utt, times, ends[utt])
+            assert all(dur > 0 for _, dur in times)
+        assert all(f[1] == "A" and 0 <= float(f[5]) <= 1 for f in ctm)
         # a random model gets (nearly) every word wrong: no AUC without right words, a large calibration error
-        assert summary["confidence_auc"] is None or 0 <= summary["confidence_auc"] <= 1
-        assert 0 <= summary["confidence_ece"] <= 1
+        auc, ece = _confidence_scores(out)
+        assert summary["confidence_auc"] == (None if auc is None else pytest.approx(auc, abs=2e-3))
+        assert summary["confidence_ece"] == pytest.approx(ece, abs=2e-3)
         if decoder != "greedy":
             _check_nbest(out, 5)
 
@@ -370,7 +406,9 @@ def test_phone_model_is_scored_as_per_on_39_phones(prepared_timit, tmp_path):
                                         "--subset", "dev", "--out", str(tmp_path / flag), flag])
         assert res.exit_code == 0, res.output
         summary = json.loads((tmp_path / flag / "wer.json").read_text())
-        assert "per" in summary and "wer" not in summary and "PER 100.00%" in res.output
+        # a model that outputs only blanks deletes every phone
+        assert "wer" not in summary and "PER 100.00%" in res.output
+        assert summary["per"] == 100.0 and summary["del"] == summary["errors"] == summary["ref_tokens"]
         assert summary["ref_tokens"] == sum(len(fold_to_39(r, keep_sil=sil)) for r in refs)
     assert json.loads((tmp_path / "--drop-sil" / "wer.json").read_text())["sil"] == "dropped"
 

@@ -11,12 +11,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from dependencies import need_module
 from reference_models import corpus_utterances, hf_model, save_hf
 from w2vtk.audio import read_audio, write_audio
 from w2vtk.cli import main
 from w2vtk.convert import import_checkpoint
 
-pytest.importorskip("transformers")
+need_module("transformers")
 W2VTK = str(Path(sys.executable).with_name("w2vtk"))
 
 

@@ -24,6 +24,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from dependencies import missing_dependency
 from tiny_runs import (ENV, ROOT, W2VTK, finetune_cmd, logged_steps, one_line_error, pretrain_cmd, run, start,
                        train_losses, wait_for)
 from w2vtk.checkpoint import load_checkpoint
@@ -353,7 +354,8 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in out]
 
 
-@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed support")
+@pytest.mark.skipif(not torch.distributed.is_available(),
+                    reason=missing_dependency("torch.distributed", "install the pinned torch: run bin/setup.sh"))
 def test_torchrun_job_losing_a_worker_ends_cleanly_and_resumes(prepared_librispeech, tmp_path):
     exp = tmp_path / "exp"
     log = tmp_path / "job.log"

@@ -36,6 +36,14 @@ def finetune(data: Path, exp: Path, *extra: str, updates: int = 4) -> subprocess
                "data.max_tokens=100000", "task.mask_channel_length=8", *SMALL, *extra)
 
 
+def _decoded(data: Path, subset: str, exp: Path, tmp_path: Path, *extra: str) -> dict:
+    """wer.json of greedy `w2vtk decode` of `subset` with the run's last checkpoint."""
+    out = tmp_path / "decoded"
+    run("decode", "--checkpoint", str(exp / "checkpoints" / "last.pt"), "--data", str(data), "--subset", subset,
+        "--out", str(out), "--device", "cpu", *extra)
+    return json.loads((out / "wer.json").read_text())
+
+
 @pytest.fixture(scope="module")
 def pretrained(prepared_librispeech, tmp_path_factory) -> Path:
     exp = tmp_path_factory.mktemp("pt") / "exp"
@@ -64,7 +72,20 @@ def test_transformer_frozen_first_then_trained_cnn_frozen_at_grad_mult_0(prepare
     assert ckpt["vocab"][:4] == ["<s>", "<pad>", "</s>", "<unk>"] and "|" in ckpt["vocab"]
     assert not any(k.startswith(("quantizer.", "project_q.", "final_proj.")) for k in ckpt["model"])
     valid = [json.loads(x) for x in (exp / "log.jsonl").read_text().splitlines() if '"valid"' in x]
-    assert valid and "wer" in valid[-1] and valid[-1]["wer"] >= 0
+    assert valid[-1]["step"] == 3
+    # the validation WER is that of decoding dev-clean greedily with the model of that update, and
+    # `emitted` its greedy output tokens per reference token
+    assert valid[-1]["wer"] == pytest.approx(_decoded(prepared_librispeech, "dev-clean", exp, tmp_path)["wer"],
+                                             abs=1e-3)
+    from w2vtk.decode import compute_logprobs, load_acoustic_model
+    from w2vtk.decoding.greedy import greedy_ids
+    from w2vtk.manifest import read_manifest
+
+    am = load_acoustic_model(exp / "checkpoints" / "last.pt", "cpu")
+    dev = read_manifest(prepared_librispeech / "dev-clean.tsv")
+    emitted = sum(len(greedy_ids(lp)) for lp in compute_logprobs(am, dev, progress=False))
+    letters = len((prepared_librispeech / "dev-clean.ltr").read_text().split())
+    assert valid[-1]["emitted"] == pytest.approx(emitted / letters, rel=1e-6) and emitted > 0
 
 
 def test_cnn_learns_with_a_positive_grad_mult(prepared_librispeech, tmp_path):
@@ -96,7 +117,10 @@ def test_phone_labels_report_per(prepared_timit, tmp_path):
         "--valid-interval", "2", "data.max_tokens=100000", "task.mask_channel_length=8",
         "task.feature_grad_mult=1.0", *SMALL)
     valid = [json.loads(x) for x in (exp / "log.jsonl").read_text().splitlines() if '"valid"' in x]
-    assert "per" in valid[-1]
+    assert valid[-1]["step"] == 2 and "wer" not in valid[-1]
+    # the validation PER is that of decoding dev greedily with the model of that update, silence kept
+    decoded = _decoded(prepared_timit, "dev", exp, tmp_path, "--keep-sil")
+    assert valid[-1]["per"] == pytest.approx(decoded["per"], abs=1e-3)
 
 
 def test_bf16_autocast_trains_on_cpu(prepared_librispeech, tmp_path):

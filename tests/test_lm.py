@@ -59,9 +59,15 @@ def test_train_normalises_text_and_builds_a_real_kneser_ney_model(small_lm):
     model = load_kenlm(arpa)
     assert model.order == 3
     assert model.score("THE CAT SAT ON THE MAT") > model.score("MAT THE ON SAT CAT THE")
-    # modified Kneser-Ney: the ARPA has backoff weights and probabilities are normalised
-    probs = sum(10 ** model.score(w, bos=False, eos=False) for w in words + ["</s>"])
-    assert 0.5 < probs <= 1.0001
+    # modified Kneser-Ney: with its backoff weights, P(next | context) sums to 1 over the vocabulary,
+    # <unk> and </s> included, after a seen, an unseen and no context
+    unigrams = sum(10 ** model.score(w, bos=False, eos=False) for w in words + ["<unk>", "</s>"])
+    assert unigrams == pytest.approx(1.0, abs=1e-4)
+    for context in ("THE", "THE CAT", "DOG HAT"):
+        before = model.score(context, bos=False, eos=False)
+        probs = sum(10 ** (model.score(f"{context} {w}", bos=False, eos=False) - before) for w in words + ["<unk>"])
+        probs += 10 ** (model.score(context, bos=False, eos=True) - before)
+        assert probs == pytest.approx(1.0, abs=1e-4), context
 
 
 def test_small_text_retries_with_discount_fallback_or_fails_clearly(tmp_path, caplog):

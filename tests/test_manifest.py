@@ -101,9 +101,10 @@ def test_write_dict_orders_by_count_then_symbol(tmp_path):
     assert (tmp_path / "dict.ltr.txt").read_text() == "A 2\nC 2\n| 2\nB 1\n"
 
 
-def test_prepared_manifest_sizes_match_the_audio(prepared_librispeech):
+def test_prepared_manifest_sizes_match_the_audio(synth_librispeech, prepared_librispeech):
     m = read_manifest(prepared_librispeech / "dev-clean.tsv")
-    assert len(m) > 0
+    flacs = sorted((synth_librispeech / "LibriSpeech" / "dev-clean").rglob("*.flac"))
+    assert sorted(m.abspath(i).resolve() for i in range(len(m))) == [f.resolve() for f in flacs] != []
     for i in range(len(m)):
         assert sf.info(str(m.abspath(i))).frames == m.sizes[i]
     assert len(read_labels(prepared_librispeech / "dev-clean.ltr", len(m))) == len(m)

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from w2vtk.error_bars import BlockCounts, probability_better
+from w2vtk.scoring import align, read_trn
+
 REPO = Path(__file__).resolve().parent.parent
 COMMON = REPO / "bin" / "common.sh"
 LIBRISPEECH = REPO / "recipes" / "librispeech" / "run.sh"
@@ -295,7 +298,24 @@ def test_librispeech_results(librispeech_run):
                      f"{results[m]['test-clean'][d]['ci95'][1]:.2f})"
                      for m in ("pretrained", "scratch") for d in ("greedy", "4gram")]
     # greedy against 4-gram for each model, pretrained against scratch for each decoding, per subset
-    assert len(data["comparisons"]) == 8 and all(0 <= c["p_better"] <= 1 for c in data["comparisons"])
+    pairs = {(subset, frozenset(columns)) for subset in ("dev-clean", "test-clean") for columns in
+             [(f"{m}, greedy", f"{m}, 4gram") for m in ("pretrained", "scratch")]
+             + [(f"pretrained, {d}", f"scratch, {d}") for d in ("greedy", "4gram")]}
+    assert len(data["comparisons"]) == 8
+    assert {(c["subset"], frozenset((c["better"], c["worse"]))) for c in data["comparisons"]} == pairs
+    for c in data["comparisons"]:
+        # the better one made fewer errors, and p_better is the paired bootstrap over speakers of the two
+        # decodings' per-utterance errors, recounted here from their trn files
+        blocks = []
+        for column in (c["better"], c["worse"]):
+            model, decoding = column.split(", ")
+            decoded = exp / "decode" / model / c["subset"] / decoding
+            refs, hyps = read_trn(decoded / "ref.trn"), read_trn(decoded / "hyp.trn")
+            ids = sorted(refs)
+            blocks.append(BlockCounts.from_utterances(ids, [align(refs[u], hyps[u]).counts.errors for u in ids],
+                                                      [len(refs[u]) for u in ids]))
+        assert blocks[0].errors.sum() <= blocks[1].errors.sum()
+        assert c["p_better"] == pytest.approx(probability_better(*blocks), abs=1e-4)
     assert "better than" in md
     for png in ("plots/pretrain.png", "plots/finetune.png"):
         assert (exp / png).read_bytes()[:8] == PNG_MAGIC

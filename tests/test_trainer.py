@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dependencies import missing_dependency
 from w2vtk.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,7 +134,8 @@ def test_diverging_run_stops_with_a_clear_message(prepared_librispeech, tmp_path
     assert "non-finite" in res.stderr and "Traceback" not in res.stderr
 
 
-@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed support")
+@pytest.mark.skipif(not torch.distributed.is_available(),
+                    reason=missing_dependency("torch.distributed", "install the pinned torch: run bin/setup.sh"))
 def test_two_process_update_matches_one_process(prepared_librispeech, tmp_path):
     """torchrun with 2 workers x 1 utterance == 1 process x 2 accumulated utterances, after one update."""
     # No dropout: its random streams differ per process by design.
