@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from test_decode import LTR, emissions, write_finetuned
-from w2vtk.alignment import AlignmentError, align_utterance, forced_path
+from w2vtk.alignment import AlignmentError, align_utterance, ctc_viterbi, forced_path
 from w2vtk.cli import main
 from w2vtk.manifest import read_manifest
 from w2vtk.model import base_config
@@ -19,20 +19,31 @@ CLOCK = FrameClock.of(base_config())
 UTTERANCES = ["THE CAT SAT ON THE MAT", "A DOG AND A CAT", "THE HAT IS ON THE DOG"]
 
 
-def silence(frames: int, rng: np.random.Generator) -> np.ndarray:
-    """Frames where the blank is far the most likely symbol."""
+def pause(frames: int, rng: np.random.Generator, marked: str = "blank") -> np.ndarray:
+    """Frames of a pause. marked: "blank", the blank is far the most likely symbol on every frame; "|",
+    the word separator is (models fine-tuned on `.ltr` lines mark pauses so); "|_|", the separator on
+    the pause's first and last six frames (as trained models mark a pause's edges: 120 ms), the blank
+    between."""
     logits = rng.normal(0.0, 1.0, (frames, len(LTR)))
-    logits[:, 0] += 10.0
+    separator = np.zeros(frames, dtype=bool)
+    if marked == "|":
+        separator[:] = True
+    elif marked == "|_|":
+        separator[:6] = separator[-6:] = True
+    logits[separator, LTR.index("|")] += 10.0
+    logits[~separator, 0] += 10.0
     return (logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))).astype(np.float32)
 
 
-@pytest.mark.parametrize("gap_frames", [3, 25])  # 60 ms and 0.5 s between utterances
-def test_joined_utterances_start_and_end_where_the_join_put_them(gap_frames):
+@pytest.mark.parametrize("gap_frames,marked", [(3, "blank"), (25, "blank"), (3, "|"), (25, "|"), (25, "|_|")])
+def test_joined_utterances_start_and_end_where_the_join_put_them(gap_frames, marked):
+    """Pauses of 60 ms and 0.5 s before, between and after the utterances; the pause before the first
+    word and a pause marked `|` at its edges only are each taken as the separator, not as a word."""
     rng = np.random.default_rng(gap_frames)
-    pieces, bounds, frame = [silence(gap_frames, rng)], [], gap_frames
+    pieces, bounds, frame = [pause(gap_frames, rng, marked)], [], gap_frames
     for text in UTTERANCES:
         lp = emissions(text, rng)[:-4]  # ends on its last letter (the final `|` and blanks cut): the gap follows
-        pieces += [lp, silence(gap_frames, rng)]
+        pieces += [lp, pause(gap_frames, rng, marked)]
         bounds.append((frame, frame + len(lp)))
         frame += len(lp) + gap_frames
     joined = np.concatenate(pieces)
@@ -47,6 +58,42 @@ def test_joined_utterances_start_and_end_where_the_join_put_them(gap_frames):
         assert abs(words[-1].end - CLOCK.time(end)) <= 0.06
         assert all(w.confidence > 0.9 for w in words)
     assert len(al.tokens) == sum(len(t.replace(" ", "")) for t in UTTERANCES)
+
+
+def brute_force_best(logprobs: np.ndarray, ids: list[int]) -> float:
+    """The best score of any frame labelling that CTC-collapses to `ids`, by enumerating them all."""
+    import itertools
+
+    frames, vocab = logprobs.shape
+    best = -np.inf
+    for path in itertools.product(range(vocab), repeat=frames):
+        collapsed = [s for i, s in enumerate(path) if s != 0 and (i == 0 or s != path[i - 1])]
+        if collapsed == ids:
+            best = max(best, float(sum(logprobs[t, s] for t, s in enumerate(path))))
+    return best
+
+
+def test_viterbi_is_torchaudios_forced_align_and_best_on_exact_ties():
+    import torch
+    import torchaudio.functional as AF
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # no ties: the same path and score as torchaudio's forced_align
+        frames = int(rng.integers(6, 40))
+        ids = [int(i) for i in rng.integers(1, 6, int(rng.integers(1, frames // 2)))]
+        lp = rng.normal(0.0, 3.0, (frames, 6))
+        lp -= np.log(np.exp(lp).sum(axis=1, keepdims=True))
+        path, score = ctc_viterbi(lp, ids)
+        ref_path, ref_scores = AF.forced_align(torch.tensor(lp, dtype=torch.float32)[None],
+                                               torch.tensor([ids], dtype=torch.int32), blank=0)
+        assert path.tolist() == ref_path[0].tolist() and score == pytest.approx(float(ref_scores.sum()), abs=1e-3)
+    for _ in range(150):  # whole-number scores tie often (as saturated posteriors do): still a best path
+        frames, ids = int(rng.integers(2, 6)), [int(i) for i in rng.integers(1, 3, int(rng.integers(1, 3)))]
+        if len(ids) + sum(a == b for a, b in zip(ids, ids[1:])) > frames:
+            continue
+        lp = -rng.integers(0, 3, (frames, 3)).astype(np.float64)
+        path, score = ctc_viterbi(lp, ids)
+        assert score == float(lp[np.arange(frames), path].sum()) == brute_force_best(lp, ids)
 
 
 def test_forced_path_spells_exactly_the_transcript_and_refuses_too_few_frames():

@@ -1,7 +1,9 @@
-"""Forced alignment of known transcripts to CTC frames (torchaudio.functional.forced_align).
+"""Forced alignment of known transcripts to CTC frames.
 
     transcript tokens (letters with `|`, phones) + (frame, vocab) log-probabilities
-        --(Viterbi over the CTC graph of exactly those tokens)--> one token or blank per frame
+        --(Viterbi over the CTC graph of exactly those tokens, the search of
+          torchaudio.functional.forced_align with ties broken to a best path; for letters the word
+          separator also stands for pauses)--> one token or blank per frame
         --(w2vtk.word_timing)--> timed words and tokens
 
 `align_subset` aligns a prepared subset and writes words.ctm, tokens.ctm and one Praat TextGrid per
@@ -29,24 +31,73 @@ class AlignmentError(W2vtkError):
     """A transcript that cannot be aligned: symbols outside the vocabulary, or too little audio."""
 
 
-def forced_path(logprobs: np.ndarray, token_ids: Sequence[int]) -> np.ndarray:
+def forced_path(logprobs: np.ndarray, token_ids: Sequence[int], separator: int | None = None) -> np.ndarray:
     """(frame, vocab) log-probabilities and the transcript's token ids -> (frame,) the token (or blank)
     each frame takes on the most likely CTC path that spells exactly those tokens.
 
+    `separator`: the word separator `|` of letter transcripts. Models fine-tuned on `.ltr` lines (which
+    end with `|`, on the trailing silence) emit it on pauses, at their edges or throughout; the path
+    takes a pause as the separator between two words, not as part of a word:
+      - a pause before the first word: the separator may also come first (when that path is the more
+        likely one); otherwise that pause could only be blank or the first word's first letter;
+      - a pause with `|` at both edges and blanks between (`||___||`, two separators to greedy
+        decoding): each of the separator's frames may be `|` or blank (the better of the two scores
+        it), so the whole pause is the one separator between the two words (the path gives it `|`
+        throughout) and its middle is not pushed onto one.
+
     Needs at least one frame per token plus one per pair of equal neighbours (the blank between).
     """
-    import torch
-    import torchaudio.functional as AF
-
     ids = [int(i) for i in token_ids]
     need = len(ids) + sum(a == b for a, b in zip(ids, ids[1:]))
     if len(logprobs) < need:
         raise AlignmentError(f"{len(logprobs)} frames for {len(ids)} tokens (at least {need} needed)")
     if not ids:
         return np.full(len(logprobs), BLANK_INDEX, dtype=np.int64)
-    emission = torch.from_numpy(np.ascontiguousarray(logprobs, dtype=np.float32))[None]
-    path, _ = AF.forced_align(emission, torch.tensor([ids], dtype=torch.int32), blank=BLANK_INDEX)
-    return path[0].numpy().astype(np.int64)
+    if separator is None:
+        return ctc_viterbi(logprobs, ids)[0]
+    emission = np.array(logprobs, dtype=np.float64)
+    emission[:, separator] = np.maximum(emission[:, separator], emission[:, BLANK_INDEX])
+    led = ids[0] != separator
+    return ctc_viterbi(emission, [separator] + ids if led else ids, optional_first=led)[0]
+
+
+def ctc_viterbi(emission: np.ndarray, ids: Sequence[int], optional_first: bool = False) -> tuple[np.ndarray, float]:
+    """(frame, vocab) scores and a token sequence -> (frame,) the token (or blank) of each frame on the
+    best-scoring CTC path that spells the sequence, and that path's score.
+
+    The search torchaudio.functional.forced_align does (states: a blank before, between and after the
+    tokens; each frame stays in its state or moves on by one, or by two past a blank between different
+    tokens), with each state taking a best predecessor. forced_align takes the state's own previous
+    score when its two other predecessors tie, a worse path; exact ties are common here: saturated
+    posteriors give log-probabilities of exactly 0, and the separator's frames score as the better of
+    `|` and blank. `optional_first`: the path may also start past ids[0].
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    frames, states = len(emission), 2 * len(ids) + 1
+    labels = np.full(states, BLANK_INDEX, dtype=np.int64)
+    labels[1::2] = ids
+    skip_ok = np.zeros(states, dtype=bool)  # state s may be entered from s - 2
+    skip_ok[3::2] = ids[1:] != ids[:-1]
+    em = np.asarray(emission, dtype=np.float64)[:, labels]  # (frame, state)
+    score = np.full(states, -np.inf)
+    starts = [0, 1, 2, 3] if optional_first else [0, 1]
+    starts = [s for s in starts if s < states]
+    score[starts] = em[0, starts]
+    back = np.zeros((frames, states), dtype=np.int8)  # 0: stayed, 1: from s - 1, 2: from s - 2
+    candidates = np.full((3, states), -np.inf)
+    for t in range(1, frames):
+        candidates[0] = score
+        candidates[1, 1:] = score[:-1]
+        candidates[2, 2:] = np.where(skip_ok[2:], score[:-2], -np.inf)
+        back[t] = candidates.argmax(axis=0)
+        score = np.take_along_axis(candidates, back[t][None].astype(np.int64), 0)[0] + em[t]
+    state = states - 1 if score[-1] >= score[-2] else states - 2  # ends on the last token or the blank after it
+    best = float(score[state])
+    path = np.empty(frames, dtype=np.int64)
+    for t in range(frames - 1, -1, -1):
+        path[t] = labels[state]
+        state -= int(back[t, state])
+    return path, best
 
 
 def word_tokens(words: Sequence[str], vocab: Vocabulary) -> list[int]:
@@ -65,8 +116,13 @@ def word_tokens(words: Sequence[str], vocab: Vocabulary) -> list[int]:
 
 def align_words(logprobs: np.ndarray, words: Sequence[str], vocab: Vocabulary) -> list[WordSpan]:
     """Spans of `words` (in order) on the frame axis, from a forced alignment of their spelling."""
-    spans = path_spans(forced_path(logprobs, word_tokens(words, vocab)), vocab)
+    spans = path_spans(forced_path(logprobs, word_tokens(words, vocab), _separator(vocab)), vocab)
     return [WordSpan(w, s.start, s.end, s.token_ids) for w, s in zip(words, spans)]
+
+
+def _separator(vocab: Vocabulary) -> int | None:
+    """The word separator's id (letters), None for vocabularies without one."""
+    return vocab.index(vocab.word_separator) if vocab.word_separator else None
 
 
 def token_spans(path: np.ndarray, vocab: Vocabulary) -> list[WordSpan]:
@@ -95,7 +151,7 @@ def align_utterance(logprobs: np.ndarray, labels: Sequence[str], vocab: Vocabula
             ids.append(vocab.index(sym))
         except W2vtkError:
             raise AlignmentError(f"symbol {sym!r} is outside the model's {vocab.kind} vocabulary") from None
-    path = forced_path(logprobs, ids)
+    path = forced_path(logprobs, ids, _separator(vocab))
     return UtteranceAlignment(utt_id, duration, timed_words(path_spans(path, vocab), logprobs, clock),
                               timed_words(token_spans(path, vocab), logprobs, clock))
 
