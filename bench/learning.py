@@ -13,7 +13,8 @@ Each (corpus, seed) runs `recipes/librispeech/run.sh --conf tiny` twice:
     pretrained model and from scratch, decoded the same way.
 It reports per run the update at which pretraining leaves chance, the final validation accuracy,
 the update at which fine-tuning leaves the all-blank plateau, and test-clean WER, greedy and 4-gram,
-pretrained against scratch; then the spread (min, median, max) of each over all runs.
+pretrained against scratch, beside the share of test-clean's words that the LM text lacks; then the
+spread (min, median, max) of each over all runs.
 """
 from __future__ import annotations
 
@@ -132,8 +133,19 @@ def wer(exp: Path, model: str, subset: str, decoding: str) -> float | None:
     return json.loads(path.read_text())["wer"] if path.exists() else None
 
 
-def summarize_run(name: str, seed: int, exp_all: Path, exp_10m: Path | None) -> dict:
+def test_oov(corpus: Path) -> float:
+    """Percentage of test-clean's words that the corpus' LM text (lm-text.txt) never holds."""
+    from bench.corpus import transcripts
+    from w2vtk.synth.texts import oov_rate
+
+    vocabulary = {w for line in (corpus / "lm-text.txt").read_text(encoding="utf-8").splitlines() for w in line.split()}
+    return oov_rate(list(transcripts(corpus, "test-clean").values()), vocabulary)
+
+
+def summarize_run(name: str, seed: int, exp_all: Path, exp_10m: Path | None, corpus: Path | None = None) -> dict:
     row = {"corpus": name, "seed": seed, **pretraining_summary(exp_all)}
+    if corpus is not None:
+        row["test_oov"] = test_oov(corpus)
     for labelled, exp in (("all", exp_all), ("10m", exp_10m)):
         if exp is None:
             continue
@@ -158,7 +170,8 @@ def spread(rows: list[dict]) -> dict:
     return out
 
 
-COLUMNS = [("corpus", "corpus", "{}"), ("seed", "seed", "{}"), ("leaves_chance_at", "chance->", "{}"),
+COLUMNS = [("corpus", "corpus", "{}"), ("seed", "seed", "{}"), ("test_oov", "test OOV %", "{:.1f}"),
+           ("leaves_chance_at", "chance->", "{}"),
            ("valid_accuracy", "val acc", "{:.2f}"),
            ("all_pretrained_leaves_blank_at", "blank-> pre", "{}"), ("all_scratch_leaves_blank_at", "scr", "{}"),
            ("all_pretrained_greedy", "all pre g", "{:.1f}"), ("all_pretrained_4gram", "pre 4g", "{:.1f}"),
@@ -197,7 +210,7 @@ def main(argv=None) -> None:
             if not args.skip_10m:
                 exp_10m = run_recipe(args.work, corpus, name, seed, "10m", args.nj, extra,
                                      init=exp_all / "pretrain" / "checkpoints" / "best.pt")
-            row = summarize_run(name, seed, exp_all, exp_10m)
+            row = summarize_run(name, seed, exp_all, exp_10m, corpus)
             row["minutes_all_labelled_run"] = minutes_all
             rows.append(row)
             print(table([row]).splitlines()[-1], flush=True)

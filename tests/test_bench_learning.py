@@ -52,6 +52,16 @@ def test_blank_plateau_and_error_rates(experiment):
     assert row["all_relative_reduction_4gram"] == pytest.approx(0.0)
 
 
+def test_test_words_missing_from_the_lm_text(tmp_path):
+    corpus = tmp_path / "corpus"
+    chapter = corpus / "LibriSpeech" / "test-clean" / "1" / "2"
+    chapter.mkdir(parents=True)
+    (chapter / "1-2.trans.txt").write_text("1-2-0000 THE CAT SAT\n1-2-0001 A DOG\n")
+    (corpus / "lm-text.txt").write_text("THE CAT\nA BIRD SAT\n")
+    assert learning.test_oov(corpus) == pytest.approx(100 * 1 / 5)  # DOG
+    assert "| c | 1 | 20.0 |" in learning.table([{"corpus": "c", "seed": 1, "test_oov": 20.0}])
+
+
 def test_spread_over_runs():
     s = learning.spread([{"seed": 1, "x": 1.0, "y": None}, {"seed": 2, "x": 3.0, "y": 2.0}, {"seed": 3, "x": 2.0}])
     assert s["x"] == {"min": 1.0, "median": 2.0, "max": 3.0, "n": 3}
