@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from w2vtk.decoding.flashlight_beam import DEFAULT_BEAM_THRESHOLD, prune_tokens
-from w2vtk.decoding.options import DecoderOptions, DecodingError, Hypothesis, distinct
+from w2vtk.decoding.options import DecoderOptions, DecodingError, Hypothesis
 from w2vtk.text import BLANK_INDEX, SPECIAL_SYMBOLS, Vocabulary
 
 
@@ -88,27 +88,34 @@ class FlashlightLexiconFreeDecoder:
                                                                   BLANK_INDEX, [])
         return self._decoders[tokens_per_frame]
 
+    def _search(self, logprobs: np.ndarray) -> list:
+        """flashlight's final beam for (frame, vocab) log-probabilities with frames, best first."""
+        emissions = np.ascontiguousarray(logprobs, dtype=np.float32)
+        tokens_per_frame = self.options.beam_size_token or len(self.vocab)
+        if self.options.token_min_logp is not None:
+            emissions, kept = prune_tokens(emissions, self.options.token_min_logp)
+            tokens_per_frame = min(tokens_per_frame, kept)
+        return self._decoder(tokens_per_frame).decode(emissions.ctypes.data, len(emissions), len(self.vocab))
+
     def decode(self, logprobs: np.ndarray) -> list[str]:
-        hyps = self.decode_nbest(logprobs, 1)
-        return hyps[0].words if hyps else []
+        return self.decode_nbest(logprobs, 1)[0].words
 
     def decode_nbest(self, logprobs: np.ndarray, nbest: int = 1) -> list[Hypothesis]:
         """Up to `nbest` of the final beam's hypotheses with distinct words, best first."""
         from w2vtk.word_timing import path_spans
 
         frames = logprobs.shape[0]
-        if frames == 0:
-            return [Hypothesis([], 0.0, 0.0, 0.0)]
-        emissions = np.ascontiguousarray(logprobs, dtype=np.float32)
-        tokens_per_frame = self.options.beam_size_token or len(self.vocab)
-        if self.options.token_min_logp is not None:
-            emissions, kept = prune_tokens(emissions, self.options.token_min_logp)
-            tokens_per_frame = min(tokens_per_frame, kept)
-        results = self._decoder(tokens_per_frame).decode(emissions.ctypes.data, frames, len(self.vocab))
-        hyps = []
-        for r in results:
+        hyps: list[Hypothesis] = []
+        seen: set[tuple[str, ...]] = set()
+        for r in self._search(logprobs) if frames else []:
             # the path has one padding token before the first frame and one after the last
             spans = path_spans(np.asarray(r.tokens[1:frames + 1], dtype=np.int64), self.vocab)
-            hyps.append(Hypothesis([s.word for s in spans], float(r.emittingModelScore), float(r.lmScore),
-                                   float(r.score), spans))
-        return distinct(hyps, nbest) if hyps else [Hypothesis([], 0.0, 0.0, 0.0)]
+            words = [s.word for s in spans]
+            if tuple(words) in seen:
+                continue
+            seen.add(tuple(words))
+            hyps.append(Hypothesis(words, float(r.emittingModelScore), float(r.lmScore), float(r.score), spans))
+            if len(hyps) == nbest:
+                break
+        return hyps or [Hypothesis([], 0.0, 0.0, 0.0)]
+
