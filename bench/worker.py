@@ -11,7 +11,6 @@ import os
 import resource
 import sys
 import time
-from pathlib import Path
 
 
 def rss_mb() -> float:
