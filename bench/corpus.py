@@ -1,4 +1,5 @@
-"""The benchmarks' data: a synthesized LibriSpeech corpus, its 4-gram, speech cut to fixed lengths.
+"""The benchmarks' data: a synthesized LibriSpeech corpus, its word 4-gram, letter 6-gram and lexicon,
+speech cut to fixed lengths.
 
 Everything is built once under a cache directory (bench/.cache by default) and reused; a `.done`
 marker closes each finished piece, so an interrupted build is redone rather than half-used.
@@ -44,6 +45,28 @@ def four_gram(cache: Path, corpus: Path) -> Path:
         train_lm(corpus / "lm-text.txt", arpa, order=4)
         _done(arpa).touch()
     return arpa
+
+
+def letter_lm(cache: Path, corpus: Path, order: int = 6) -> Path:
+    """A letter n-gram (`T H E | C A T |`) of the corpus' lm-text.txt, for the lexicon-free flashlight search."""
+    from w2vtk.lm import train_lm
+
+    arpa = cache / f"{corpus.name}-letters-{order}gram.arpa"
+    if not _done(arpa).exists():
+        train_lm(corpus / "lm-text.txt", arpa, order=order, letters=True)
+        _done(arpa).touch()
+    return arpa
+
+
+def lexicon(cache: Path, corpus: Path) -> Path:
+    """The letter lexicon (`WORD<TAB>W O R D |`) of every word of the corpus' 4-gram."""
+    from w2vtk.lm import write_lexicon
+
+    path = cache / f"{corpus.name}-lexicon.txt"
+    if not _done(path).exists():
+        write_lexicon(four_gram(cache, corpus), path)
+        _done(path).touch()
+    return path
 
 
 def subset_files(corpus: Path, subset: str) -> list[Path]:

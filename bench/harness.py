@@ -8,6 +8,7 @@ optimizer state and the largest step.
 
     parent                       worker (python -m bench.worker SPEC)
     spawn --------------------> import, build, answer {"ready": ..., "rss_mb": ...}
+    "warmup" -----------------> one untimed repetition -> {"wall": s, "cpu": s, ...}
     "run" --------------------> one repetition -> {"wall": s, "cpu": s, ...}
     "flops" ------------------> FLOPs of one repetition (FlopCounterMode) -> {"flops": n}
     "quit" -------------------> {"peak_rss_mb": ...} (before any "flops"), exit
@@ -74,7 +75,7 @@ class Worker:
 class SideResult:
     walls: list[float] = field(default_factory=list)
     cpus: list[float] = field(default_factory=list)
-    peaks: list[dict] = field(default_factory=list)  # GemmProbe.measure() right before each repetition
+    peaks: list[dict] = field(default_factory=list)  # ProductProbe.measure() right before each repetition
     extra: dict = field(default_factory=dict)
 
     @property
@@ -87,15 +88,16 @@ class SideResult:
 
 
 def alternate(specs: dict[str, dict], threads: int, warmup: int, reps: int, flops: bool = False,
-              settle_s: float = 0.0, probe: GemmProbe | None = None, log=print) -> dict[str, SideResult]:
+              settle_s: float = 0.0, probe: ProductProbe | None = None, log=print) -> dict[str, SideResult]:
     """Start a worker per side, warm each up, then time `reps` repetitions alternating the sides
     (the order flips every round), each after `settle_s` seconds idle: a BASE update of ours started
     right after one of transformers' (which frees and faults in over a million pages per update) ran
-    about 5 % slower than after one of its own. With a `probe`, the GEMM peak is measured again
-    after each idle time, right before the repetition, and kept with it: on a shared machine the
-    peak can halve for a minute (104-198 GFLOP/s within one benchmark here), so a fraction of the
-    peak is only meaningful against a peak taken under the same conditions. Returns each side's
-    times, peak RSS and, if asked, FLOPs."""
+    about 5 % slower than after one of its own. With a `probe`, the product kernels' peak is
+    measured after each idle time, right before the repetition, and kept with it: on a shared
+    machine the peak can halve for a minute, and a repetition whose peak reads low ran on a busy
+    machine (run.py drops those from the hardware fraction). Warm-up repetitions are "warmup"
+    requests (transformers' sides try each attention kernel in them). Returns each side's times,
+    peak RSS and, if asked, FLOPs."""
     workers: dict[str, Worker] = {}
     results = {side: SideResult() for side in specs}
     try:
@@ -106,7 +108,7 @@ def alternate(specs: dict[str, dict], threads: int, warmup: int, reps: int, flop
             results[side].extra["setup_s"] = time.perf_counter() - t0
         for side, w in workers.items():
             for i in range(warmup):
-                ans = w.request("run")
+                ans = w.request("warmup")
                 log(f"  {spec_name(w.spec)} warm-up {i + 1}: wall {ans['wall']:.2f} s, cpu {ans['cpu']:.2f} s")
                 results[side].extra.setdefault("warmup_walls", []).append(ans["wall"])
         order = list(workers)
@@ -138,37 +140,27 @@ def spec_name(spec: dict) -> str:
     return f"{spec['bench']}/{spec['side']}"
 
 
-class GemmProbe:
-    """This machine's GEMM throughput, measurable again and again: torch.mm of size^3 in its own
-    worker (with the benchmark's threads), `warmup` untimed products first; `measure()` is the best
-    of `reps` products into a preallocated output."""
+class ProductProbe:
+    """The fastest product kernel of a step at its shapes (bench/products.py), measurable again and
+    again in its own worker (with the benchmark's threads): `measure()` times every kernel at every
+    shape `reps` times and keeps the best rate."""
 
-    def __init__(self, threads: int, size: int = 2048, reps: int = 10, dtype: str = "float32", warmup: int = 10):
-        self.size, self.reps, self.dtype, self.threads = size, reps, dtype, threads
-        self.worker = Worker({"bench": "gemm", "side": dtype, "size": size, "dtype": dtype, "warmup": warmup},
-                             threads)
+    def __init__(self, threads: int, shapes: list[list[int]], dtype: str = "float32", reps: int = 3,
+                 warmup: int = 3):
+        self.reps, self.dtype, self.shapes = reps, dtype, shapes
+        self.worker = Worker({"bench": "products", "side": dtype, "shapes": shapes, "dtype": dtype,
+                              "warmup": warmup}, threads)
 
     def measure(self) -> dict:
-        walls, cpus = [], []
+        best: dict[str, float] = {}
         for _ in range(self.reps):
-            ans = self.worker.request("run")
-            walls.append(ans["wall"])
-            cpus.append(ans["cpu"])
-        flops = 2.0 * self.size**3
-        return {"flops_per_s": flops / min(walls), "flops_per_cpu_s": flops / min(cpus) * self.threads,
-                "size": self.size, "dtype": self.dtype, "walls": walls, "cpus": cpus}
+            for name, rate in self.worker.request("run")["rates"].items():
+                best[name] = max(rate, best.get(name, 0.0))
+        kernel = max(best, key=best.get)
+        return {"flops_per_s": best[kernel], "kernel": kernel, "dtype": self.dtype}
 
     def close(self) -> None:
         try:
             self.worker.close()
         finally:
             self.worker.kill()
-
-
-def gemm_peak(threads: int, size: int = 2048, reps: int = 10, dtype: str = "float32", warmup: int = 10) -> dict:
-    """The GEMM throughput measured once (`GemmProbe.measure`)."""
-    probe = GemmProbe(threads, size, reps, dtype, warmup)
-    try:
-        return probe.measure()
-    finally:
-        probe.close()

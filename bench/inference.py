@@ -2,6 +2,7 @@
 
 Both models have random weights of the same shapes (a 32-symbol letter head) and run in eval mode
 under torch.inference_mode, in fp32, on the same batch of real speech without padding.
+transformers' runs the faster of its sdpa and eager attention (bench/hf_attention.py).
 """
 from __future__ import annotations
 
@@ -32,10 +33,13 @@ def build(side: str, wav_path: str, size: str = "base"):
 
         from bench.pretrain import hf_config
 
+        from bench.hf_attention import FasterAttention
+
         model = Wav2Vec2ForCTC(hf_config(size, vocab_size=VOCAB_SIZE)).eval().requires_grad_(False)
 
-        def run():
+        def forward():
             with torch.inference_mode():
                 logits = model(wav).logits
             return {"frames": int(logits.shape[1])}
+        run = FasterAttention(model, forward)
     return run

@@ -4,7 +4,9 @@ Ours: `PretrainObjective` on `w2vtk.model.base()`, updated by the trainer's own 
 AdamW, gradient division by the masked-frame count, grad-norm, optional bf16 autocast).
 Reference: transformers' `Wav2Vec2ForPreTraining` with the same BASE settings; masks and distractors
 drawn per step by `_compute_mask_indices` and `_sample_negative_indices`, gradients divided by the
-number of masked frames and AdamW, as its `run_wav2vec2_pretraining_no_trainer.py` example does.
+number of masked frames and AdamW, as its `run_wav2vec2_pretraining_no_trainer.py` example does,
+but with torch's fused AdamW, as ours (the example's is the single-tensor loop), and the faster of
+its sdpa and eager attention (bench/hf_attention.py).
 
 Both sides draw their masks inside the timed step. LayerDrop is off on both sides by default (every
 step runs all 12 layers), which keeps step times comparable from one repetition to the next.
@@ -65,7 +67,7 @@ class OursStep:
 class RefStep:
     """transformers' Wav2Vec2ForPreTraining, BASE settings matched to ours (REFERENCE.md)."""
 
-    def __init__(self, wav: np.ndarray, precision: str, layerdrop: float, fused_adamw: bool = False,
+    def __init__(self, wav: np.ndarray, precision: str, layerdrop: float, fused_adamw: bool = True,
                  size: str = "base", seed: int = 1, device: str = "cpu"):
         from transformers import Wav2Vec2ForPreTraining
 
@@ -126,9 +128,12 @@ def hf_config(size: str, **kw):
     return Wav2Vec2Config(**values)
 
 
-def build(side: str, wav: np.ndarray, precision: str, layerdrop: float, fused_adamw: bool | None = None,
+def build(side: str, wav: np.ndarray, precision: str, layerdrop: float, fused_adamw: bool = True,
           size: str = "base"):
-    """fused_adamw None: each side's own optimizer (ours fused, as the trainer; the reference for-each)."""
-    if fused_adamw is None:
-        fused_adamw = side == "ours"
-    return (OursStep if side == "ours" else RefStep)(wav, precision, layerdrop, fused_adamw, size)
+    """One side's update; the reference's with the faster of transformers' attention kernels."""
+    if side == "ours":
+        return OursStep(wav, precision, layerdrop, fused_adamw, size)
+    from bench.hf_attention import FasterAttention
+
+    step = RefStep(wav, precision, layerdrop, fused_adamw, size)
+    return FasterAttention(step.model, step)

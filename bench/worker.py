@@ -1,7 +1,8 @@
 """One side of one benchmark, driven over stdin/stdout by bench.harness (see its docstring).
 
 Run as `python -m bench.worker '<json spec>'`; the spec names the benchmark ("pretrain",
-"inference", "decode", "prepare", "gemm"), the side ("ours" or "ref") and their settings.
+"inference", "decode_lexicon_free", "decode_lexicon", "prepare", "products"), the side ("ours", "ref",
+...) and their settings.
 """
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import os
 import resource
 import sys
 import time
-from pathlib import Path
 
 
 def rss_mb() -> float:
@@ -77,19 +77,10 @@ def flop_counter():
 def build(spec: dict):
     """The callable that runs one repetition, plus facts to report when ready."""
     bench, side = spec["bench"], spec["side"]
-    if bench == "gemm":
-        import torch
+    if bench == "products":
+        from bench.products import build_products
 
-        dtype = getattr(torch, spec["dtype"])
-        a = torch.randn(spec["size"], spec["size"]).to(dtype)
-        b = torch.randn(spec["size"], spec["size"]).to(dtype)
-        c = torch.empty_like(a)  # no allocation in the timed product
-        for _ in range(spec["warmup"]):  # the first few products of a process run up to 10 % slower
-            torch.mm(a, b, out=c)
-
-        def run():
-            torch.mm(a, b, out=c)
-        return run, {}
+        return build_products(spec["shapes"], spec["dtype"], spec["warmup"]), {}
     if bench == "pretrain":
         import numpy as np
 
@@ -102,10 +93,14 @@ def build(spec: dict):
         from bench import inference
 
         return inference.build(side, spec["wav"], spec["size"]), {}
-    if bench == "decode":
-        from bench import decode
+    if bench == "decode_lexicon_free":
+        from bench import decode_lexicon_free
 
-        return decode.build(side, spec), {}
+        return decode_lexicon_free.build(side, spec), {}
+    if bench == "decode_lexicon":
+        from bench import decode_lexicon
+
+        return decode_lexicon.build(side, spec), {}
     if bench == "prepare":
         from bench import prepare
 
@@ -117,7 +112,7 @@ def main() -> None:
     spec = json.loads(sys.argv[1])
     out = sys.stdout
     sys.stdout = sys.stderr  # library prints must not break the protocol
-    if spec["bench"] in ("gemm", "pretrain", "inference"):
+    if spec["bench"] in ("products", "pretrain", "inference"):
         # torch only where it is used: the prepare and decode commands do not import it, and a
         # process holding it forks its worker pools several times slower
         _set_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -137,12 +132,13 @@ def main() -> None:
     timed_peak = None
     for line in sys.stdin:
         command = line.strip()
-        if command == "run":
+        if command in ("run", "warmup"):
             # the /proc scan for children's CPU stays outside both clocks: on a 0.1 s repetition
             # its few milliseconds would shrink every ratio towards 1
             children0 = _children_cpu()
             c0, t0 = time.process_time(), time.perf_counter()
-            result = run()
+            # an untimed warm-up repetition may do more (transformers' sides try each attention kernel)
+            result = getattr(run, "warmup", run)() if command == "warmup" else run()
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             cpu += _children_cpu() - children0
             result = result if isinstance(result, dict) else {}

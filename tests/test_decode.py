@@ -34,6 +34,7 @@ def lm_files(tmp_path_factory):
     arpa = train_lm(d / "text.txt", d / "3gram.arpa", order=3, binary=d / "3gram.bin")
     train_lm(d / "text.txt", d / "3gram.arpa.gz", order=3)
     write_lexicon(arpa, d / "lexicon.txt")
+    train_lm(d / "text.txt", d / "letters.arpa", order=6, letters=True)
     return d
 
 
@@ -456,3 +457,41 @@ def test_token_pruning_keeps_each_frames_best_and_never_empties_the_search(lm_fi
     rng = np.random.default_rng(9)
     batch = [emissions(s, rng, {1: ("K", 0.5)}, noise=1.5) for s in LM_TEXT[:8]]
     assert decode_batch(batch, LTR, options) == decode_batch(batch, LTR, unpruned)
+
+
+# ------------------------------------------------------------------ lexicon-free flashlight with a letter LM
+
+def test_letter_lm_is_trained_on_spelled_sentences(lm_files):
+    from w2vtk.lm import arpa_unigrams
+
+    assert set(arpa_unigrams(lm_files / "letters.arpa")) - {"<s>", "</s>", "<unk>"} == set("|".join(LM_TEXT)) - {" "}
+
+
+def test_lexicon_free_flashlight_fixes_letters_and_spells_words_outside_the_lm(lm_files):
+    rng = np.random.default_rng(10)
+    options = DecoderOptions(decoder="flashlight-lexicon-free", lm=str(lm_files / "letters.arpa"), lm_weight=2.0,
+                             word_score=0.0)
+    noisy = emissions(SENTENCE, rng, {letter_index(SENTENCE, 1, 0): ("K", 1.0),
+                                      letter_index(SENTENCE, 5, 0): ("N", 1.0)})
+    assert decode_batch([noisy], LTR, DecoderOptions()) != [SENTENCE.split()]
+    assert decode_batch([noisy], LTR, options) == [SENTENCE.split()]
+    # RUG is in neither the LM text nor the lexicon: the lexicon search cannot produce it, this one can
+    outside = "THE CAT SAT ON THE RUG"
+    clear = emissions(outside, rng)
+    assert decode_batch([clear], LTR, options) == [outside.split()]
+    lexicon = DecoderOptions(decoder="flashlight", lm=str(lm_files / "3gram.arpa"), word_score=0.0)
+    assert "RUG" not in decode_batch([clear], LTR, lexicon)[0]
+    with DecoderPool(LTR, jobs=2) as pool:
+        hyps = pool.decode_nbest([noisy, clear], options, nbest=3)
+    assert [h[0].words for h in hyps] == [SENTENCE.split(), outside.split()]
+    assert all(h.lm < 0 for h in hyps[0]) and [s.word for s in hyps[1][0].spans] == outside.split()
+
+
+def test_lexicon_free_flashlight_refuses_a_word_lm_and_a_lexicon(lm_files):
+    lp = emissions(SENTENCE, np.random.default_rng(11))
+    word_lm = DecoderOptions(decoder="flashlight-lexicon-free", lm=str(lm_files / "3gram.arpa"))
+    with pytest.raises(DecodingError, match=r"3gram\.arpa: .*lm train --letters"):
+        decode_batch([lp], LTR, word_lm)
+    with pytest.raises(DecodingError, match="uses no lexicon"):
+        decode_batch([lp], LTR, DecoderOptions(decoder="flashlight-lexicon-free", lm=str(lm_files / "letters.arpa"),
+                                               lexicon=str(lm_files / "lexicon.txt")))

@@ -101,9 +101,17 @@ def _stream_lines(lines: Iterable[str], pipe: IO[bytes], failure: list) -> None:
             pipe.close()
 
 
+def spelled_lines(lines: Iterable[str]) -> Iterator[str]:
+    """Each line's words spelled as letters, `|` after every word (`T H E | C A T |`): a letter LM's text."""
+    for line in lines:
+        yield " ".join(tok for word in line.split() for tok in letter_spelling(word))
+
+
 def _run_lmplz(text: str | os.PathLike, sink: IO[bytes], order: int, prune: list[int] | None,
-               discount_fallback: bool, memory: str, normalize: bool, tmp_dir: Path) -> tuple[int, str]:
-    """Run lmplz with the normalised text on stdin, copying the ARPA it prints into `sink`."""
+               discount_fallback: bool, memory: str, normalize: bool, tmp_dir: Path,
+               letters: bool = False) -> tuple[int, str]:
+    """Run lmplz with the normalised text (spelled, with `letters`) on stdin, copying the ARPA it prints
+    into `sink`."""
     cmd = [kenlm_program("lmplz"), "-o", str(order), "-S", memory, "-T", str(tmp_dir) + os.sep]
     if prune:
         cmd += ["--prune", *map(str, prune)]
@@ -113,8 +121,9 @@ def _run_lmplz(text: str | os.PathLike, sink: IO[bytes], order: int, prune: list
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     failure: list = []
     stderr: list[bytes] = []
-    feeder = threading.Thread(target=_stream_lines, args=(normalized_lines(text, normalize), proc.stdin, failure),
-                              daemon=True)
+    lines = normalized_lines(text, normalize)
+    feeder = threading.Thread(target=_stream_lines, args=(spelled_lines(lines) if letters else lines, proc.stdin,
+                                                          failure), daemon=True)
     drain = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)
     feeder.start()
     drain.start()
@@ -140,16 +149,16 @@ class _LmplzFailed(Exception):
         self.too_small = "BadDiscountException" in stderr or "--discount_fallback" in stderr
 
 
-def _write_arpa(text, arpa: Path, order, prune, fallback, memory, normalize) -> None:
+def _write_arpa(text, arpa: Path, order, prune, fallback, memory, normalize, letters) -> None:
     # lmplz's sort files go to a folder of their own beside the output (where the space is), removed
     # afterwards: a failed lmplz (too little text for its discounts) leaves them behind now and then.
     with atomic_open(arpa, "wb") as raw, tempfile.TemporaryDirectory(prefix=f".{arpa.name}.lmplz-",
                                                                      dir=arpa.parent) as sort_dir:
         if arpa.suffix == ".gz":
             with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
-                rc, stderr = _run_lmplz(text, gz, order, prune, fallback, memory, normalize, Path(sort_dir))
+                rc, stderr = _run_lmplz(text, gz, order, prune, fallback, memory, normalize, Path(sort_dir), letters)
         else:
-            rc, stderr = _run_lmplz(text, raw, order, prune, fallback, memory, normalize, Path(sort_dir))
+            rc, stderr = _run_lmplz(text, raw, order, prune, fallback, memory, normalize, Path(sort_dir), letters)
         if rc != 0:
             raise _LmplzFailed(stderr)  # leaves no partial file behind
 
@@ -174,7 +183,7 @@ def default_lmplz_memory(text: str | os.PathLike) -> str:
 
 def train_lm(text: str | os.PathLike, arpa: str | os.PathLike, order: int = 4, prune: list[int] | None = None,
              discount_fallback: bool | None = None, memory: str | None = None, normalize: bool = True,
-             binary: str | os.PathLike | None = None) -> Path:
+             binary: str | os.PathLike | None = None, letters: bool = False) -> Path:
     """Build a modified Kneser-Ney ARPA model of `order` from `text` (one sentence per line, may be .gz).
 
     `prune`: lmplz's count thresholds per order (e.g. [0, 0, 1]: drop singleton trigrams and above).
@@ -182,7 +191,8 @@ def train_lm(text: str | os.PathLike, arpa: str | os.PathLike, order: int = 4, p
     for Kneser-Ney discount estimation (as with tiny corpora), True always passes it, False never.
     `memory`: lmplz's sorting memory (`-S`: 25%, 2G, ...; None: `default_lmplz_memory`). An `arpa`
     ending in `.gz` is gzipped.
-    `binary`: also write KenLM's binary format there.
+    `binary`: also write KenLM's binary format there. `letters`: a letter LM, each sentence spelled
+    `T H E | C A T |` (for the lexicon-free flashlight decoder; orders up to 6 see about a word back).
     """
     arpa = Path(arpa)
     if not 2 <= order <= MAX_ORDER:
@@ -196,7 +206,7 @@ def train_lm(text: str | os.PathLike, arpa: str | os.PathLike, order: int = 4, p
     attempts = [bool(discount_fallback)] if discount_fallback is not None else [False, True]
     for i, fallback in enumerate(attempts):
         try:
-            _write_arpa(text, arpa, order, prune, fallback, memory, normalize)
+            _write_arpa(text, arpa, order, prune, fallback, memory, normalize, letters)
             break
         except _LmplzFailed as e:
             if e.too_small and i + 1 < len(attempts):

@@ -38,11 +38,14 @@ def lm() -> None:
 @click.option("--normalize/--no-normalize", default=True,
               help="Upper-case the text and drop punctuation, as in our transcripts; a line with digits or "
                    "symbols is an error. --no-normalize uses the words as they are.")
+@click.option("--letters", is_flag=True,
+              help="A letter LM: each sentence spelled `T H E | C A T |`, for --decoder flashlight-lexicon-free "
+                   "(use --order 6, the most KenLM allows).")
 @click.option("--binary", "binary", type=click.Path(dir_okay=False), default=None,
               help="Also write KenLM's binary format here (loads in seconds, shared between processes).")
 @click.option("--binary-type", type=_BINARY_TYPES, default="probing",
               help="Binary data structure: probing (fastest) or trie (smallest).")
-def lm_train(text, out_arpa, order, prune, discount_fallback, memory, normalize, binary, binary_type):
+def lm_train(text, out_arpa, order, prune, discount_fallback, memory, normalize, letters, binary, binary_type):
     """Build a modified Kneser-Ney ARPA model from TEXT (one sentence per line, .gz allowed).
 
     OUT_ARPA ending in .gz is written gzipped.
@@ -50,7 +53,7 @@ def lm_train(text, out_arpa, order, prune, discount_fallback, memory, normalize,
     from w2vtk.lm import build_binary, check_lm_file, train_lm
 
     arpa = train_lm(text, out_arpa, order=order, prune=prune, discount_fallback=discount_fallback,
-                    memory=memory, normalize=normalize)
+                    memory=memory, normalize=normalize, letters=letters)
     if binary:
         build_binary(arpa, binary, binary_type)
     counts = check_lm_file(arpa).ngram_counts
@@ -100,10 +103,13 @@ def _decoder_options(f):
         click.option("--lexicon", type=click.Path(dir_okay=False), default=None,
                      help="Lexicon (`WORD<TAB>W O R D |`, from `w2vtk lm lexicon`). flashlight: the words it may "
                           "produce (default: the ARPA's unigrams); pyctcdecode: its word list."),
-        click.option("--decoder", type=click.Choice(["greedy", "flashlight", "pyctcdecode"]), default=None,
+        click.option("--decoder", type=click.Choice(["greedy", "flashlight", "flashlight-lexicon-free", "pyctcdecode"]),
+                     default=None,
                      help="greedy: best path, no LM. flashlight: lexicon beam search in C++ (the paper's). "
-                          "pyctcdecode: lexicon-free beam search in Python (also for phones and subwords). "
-                          "Default: flashlight with --lm, else greedy."),
+                          "flashlight-lexicon-free: beam search over letters in C++, with a letter LM "
+                          "(`w2vtk lm train --letters`); --word-score is added per word. "
+                          "pyctcdecode: lexicon-free beam search in Python with a word LM (also for phones and "
+                          "subwords). Default: flashlight with --lm, else greedy."),
         click.option("--lm-weight", type=float, default=2.0, show_default=True,
                      help="Weight of the LM's log10 probability (the paper: 2 for model selection)."),
         click.option("--word-score", type=float, default=-1.0, show_default=True,

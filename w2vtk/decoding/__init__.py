@@ -3,6 +3,7 @@
     greedy       best path: argmax per frame, repeats merged, blanks dropped
     pyctcdecode  lexicon-free beam search with a KenLM n-gram (Python)
     flashlight   lexicon beam search with a KenLM n-gram (C++; the paper's decoder)
+    flashlight-lexicon-free  beam search over letters with a KenLM letter n-gram (C++)
 
 `decode_batch` decodes a whole set in one call, over worker processes; `DecoderPool` keeps the
 workers (and their loaded LMs) for repeated calls, as LM-weight tuning needs.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from w2vtk.decoding.options import DecoderOptions, DecodingError, Hypothesis, distinct
+from w2vtk.decoding.options import DecoderOptions, DecodingError, Hypothesis
 from w2vtk.errors import W2vtkError
 from w2vtk.text import BLANK_INDEX, Vocabulary
 
@@ -124,36 +124,45 @@ class FlashlightLexiconDecoder:
                                                               [], False)
         return self._decoders[tokens_per_frame]
 
-    def decode(self, logprobs: np.ndarray) -> list[str]:
-        hyps = self.decode_nbest(logprobs, 1)
-        return hyps[0].words if hyps else []
-
-    def decode_nbest(self, logprobs: np.ndarray, nbest: int = 1) -> list[Hypothesis]:
-        """Up to `nbest` of the final beam's hypotheses with distinct words, best first."""
-        from w2vtk.word_timing import path_spans
-
-        frames = logprobs.shape[0]
-        if frames == 0:
-            return [Hypothesis([], 0.0, 0.0, 0.0)]
+    def _search(self, logprobs: np.ndarray) -> list:
+        """flashlight's final beam for (frame, vocab) log-probabilities with frames, best first."""
         emissions = np.ascontiguousarray(logprobs, dtype=np.float32)
         tokens_per_frame = self.options.beam_size_token or self.num_tokens
         if self.options.token_min_logp is not None:
             emissions, kept = prune_tokens(emissions, self.options.token_min_logp)
             tokens_per_frame = min(tokens_per_frame, kept)
-        results = self._decoder(tokens_per_frame).decode(emissions.ctypes.data, frames, self.num_tokens)
-        if not results:
-            return [Hypothesis([], 0.0, 0.0, 0.0)]
+        return self._decoder(tokens_per_frame).decode(emissions.ctypes.data, len(emissions), self.num_tokens)
+
+    def _words(self, result) -> list[str]:
         entry = self.graph.word_dict.get_entry
-        hyps = []
-        for r in results:
-            words = [entry(i) for i in r.words if i >= 0 and i != self.graph.unk_word]
+        return [entry(i) for i in result.words if i >= 0 and i != self.graph.unk_word]
+
+    def decode(self, logprobs: np.ndarray) -> list[str]:
+        results = self._search(logprobs) if logprobs.shape[0] else []
+        return self._words(results[0]) if results else []
+
+    def decode_nbest(self, logprobs: np.ndarray, nbest: int = 1) -> list[Hypothesis]:
+        """Up to `nbest` of the final beam's hypotheses with distinct words, best first (word spans are
+        worked out for these only, not for the whole beam)."""
+        from w2vtk.word_timing import path_spans
+
+        frames = logprobs.shape[0]
+        hyps: list[Hypothesis] = []
+        seen: set[tuple[str, ...]] = set()
+        for r in self._search(logprobs) if frames else []:
+            words = self._words(r)
+            if tuple(words) in seen:
+                continue
+            seen.add(tuple(words))
             # the path has one padding token before the first frame and one after the last
             path = np.asarray(r.tokens[1:frames + 1], dtype=np.int64)
             spans = path_spans(path, self.vocab)
             if [s.word for s in spans] != words:  # a lexicon whose spellings are not the words' letters
                 spans = []
             hyps.append(Hypothesis(words, float(r.emittingModelScore), float(r.lmScore), float(r.score), spans))
-        return distinct(hyps, nbest)
+            if len(hyps) == nbest:
+                break
+        return hyps or [Hypothesis([], 0.0, 0.0, 0.0)]
 
 
 def prune_tokens(logprobs: np.ndarray, min_logp: float) -> tuple[np.ndarray, int]:

@@ -12,7 +12,7 @@ import numpy as np
 from w2vtk.errors import W2vtkError
 from w2vtk.text import Vocabulary
 
-DECODERS = ("greedy", "pyctcdecode", "flashlight")
+DECODERS = ("greedy", "pyctcdecode", "flashlight", "flashlight-lexicon-free")
 
 
 class DecodingError(W2vtkError):
@@ -27,7 +27,7 @@ class DecoderOptions:
     LibriSpeech 4-gram is used with weights around 2); word_score is added per emitted word
     (negative values favour fewer words). Both are in the same units for both beam decoders.
     beam_threshold prunes hypotheses scoring this far below the best (None: each decoder's own
-    default, 25 for flashlight and 10 for pyctcdecode); beam_size_token limits the tokens expanded
+    default, 25 for both flashlight decoders and 10 for pyctcdecode); beam_size_token limits the tokens expanded
     per frame (None: all). token_min_logp: in each frame, tokens less likely than this (natural log)
     are not expanded unless they are the frame's best (pyctcdecode's pruning, -5 by default, applied
     to both beam decoders; None: expand all tokens). Trained CTC models are so peaked that this
@@ -73,6 +73,13 @@ def check_options(options: DecoderOptions, vocab: Vocabulary) -> None:
         check_lm_file(options.lm)
     if options.lexicon is not None:
         read_lexicon(options.lexicon)
+    if options.decoder == "flashlight-lexicon-free":
+        if options.lexicon is not None:
+            raise DecodingError("the lexicon-free flashlight decoder uses no lexicon: leave out --lexicon, or use "
+                                "--decoder flashlight")
+        if vocab.word_separator is None:
+            raise DecodingError(f"the lexicon-free flashlight decoder needs a word boundary symbol; the model's "
+                                f"{vocab.kind} labels have none: use --decoder pyctcdecode")
     if options.decoder == "flashlight" and options.lexicon is None:
         if options.lm is None:
             raise DecodingError("the flashlight decoder needs a lexicon (--lexicon) or an ARPA LM to take "

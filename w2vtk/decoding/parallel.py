@@ -49,6 +49,11 @@ def make_decoder(vocab: Vocabulary, options: DecoderOptions) -> CtcDecoder:
 
         search = _resources(key, lambda: build_search(vocab, options))
         return PyctcdecodeBeamDecoder(vocab, options, search=search)
+    if options.decoder == "flashlight-lexicon-free":
+        from w2vtk.decoding.flashlight_lexicon_free import FlashlightLexiconFreeDecoder, build_token_graph
+
+        graph = _resources(key, lambda: build_token_graph(vocab, options))
+        return FlashlightLexiconFreeDecoder(vocab, options, graph=graph)
     from w2vtk.decoding.flashlight_beam import FlashlightLexiconDecoder, build_search_graph
 
     graph = _resources(key, lambda: build_search_graph(vocab, options))

@@ -1,20 +1,15 @@
-"""4-gram beam search over the same CTC log-probabilities: ours against pyctcdecode's defaults.
+"""The decoding benchmarks' task: CTC log-probabilities of the held-out test transcripts, and scoring.
 
 Log-probabilities are synthetic but shaped like a trained model's: each transcript is laid out as a
 CTC path (every letter held for a few frames, blanks between), the path's symbol gets a high logit,
 all others Gaussian noise, and some letters are confused with another (the wrong one wins the frame,
-the right one stays close), so greedy decoding makes word errors that an LM can repair.
-
-Ours: w2vtk.decoding's flashlight lexicon decoder with its default pruning, over `jobs` processes.
-Reference: pyctcdecode's `build_ctcdecoder(labels, arpa)` and `decode(logits, beam_width=50)` with
-every other setting at its default (alpha 0.5, beta 1.5, beam_prune_logp -10, token_min_logp -5),
-in one process. Ours gets the same LM weight and word bonus in its units (lm_weight multiplies
-log10 p, pyctcdecode's alpha multiplies ln p), so the two search for the same best path.
+the right one stays close), so greedy decoding makes word errors that an LM can repair. The
+transcripts are those of the synthesized corpus' test-clean, whose sentences lm-text.txt never holds
+(`w2vtk synth librispeech` sets them aside), so some of their words are outside the LM's vocabulary.
 """
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +17,6 @@ import numpy as np
 from w2vtk.text import SPECIAL_SYMBOLS, Vocabulary
 
 LETTERS = ["|"] + [chr(c) for c in range(ord("A"), ord("Z") + 1)] + ["'"]
-PYCTC_ALPHA, PYCTC_BETA = 0.5, 1.5  # pyctcdecode's LanguageModel defaults
-BEAM = 50
 
 
 def vocabulary() -> Vocabulary:
@@ -86,38 +79,23 @@ def word_error_rate(refs: list[str], hyps: list[list[str]]) -> float:
     return counts.rate()
 
 
-def build(side: str, spec: dict):
-    logprobs, refs = load_task(spec["task"])
-    vocab = vocabulary()
-    if side == "ours":
-        from w2vtk.decoding import DecoderOptions, DecoderPool
-
-        options = DecoderOptions(decoder="flashlight", lm=spec["lm"], beam=BEAM,
-                                 lm_weight=PYCTC_ALPHA * math.log(10.0), word_score=PYCTC_BETA)
-        pool = DecoderPool(vocab, jobs=spec["jobs"])
-
-        def run():
-            hyps = pool.decode(logprobs, options)
-            return {"wer": word_error_rate(refs, hyps), "utterances": len(refs)}
-        run.close = pool.close
-    else:
-        from pyctcdecode import build_ctcdecoder
-
-        # pyctcdecode sees the blank ("") and the letters, `|` as a space; not our special symbols
-        keep = [0] + list(range(len(SPECIAL_SYMBOLS), len(vocab)))
-        labels = [""] + [" " if s == "|" else s for s in LETTERS]
-        decoder = build_ctcdecoder(labels, spec["lm"])
-        columns = [np.ascontiguousarray(lp[:, keep]) for lp in logprobs]
-
-        def run():
-            hyps = [decoder.decode(lp, beam_width=BEAM).split() for lp in columns]
-            return {"wer": word_error_rate(refs, hyps), "utterances": len(refs)}
-    return run
-
-
 def greedy_wer(task: str) -> float:
     from w2vtk.decoding.greedy import GreedyDecoder
 
     logprobs, refs = load_task(task)
     decoder = GreedyDecoder(vocabulary())
     return word_error_rate(refs, [decoder.decode(lp) for lp in logprobs])
+
+
+def oov_rate(refs: list[str], lm_text: Path) -> float:
+    """Percentage of the transcripts' words that lm-text.txt never holds."""
+    from w2vtk.synth.texts import oov_rate as rate
+
+    vocabulary = {w for line in lm_text.read_text(encoding="utf-8").splitlines() for w in line.split()}
+    return rate(refs, vocabulary)
+
+
+def sentences_in(refs: list[str], lm_text: Path) -> int:
+    """How many of the distinct transcripts are sentences of lm-text.txt (0 for held-out text)."""
+    lines = set(lm_text.read_text(encoding="utf-8").splitlines())
+    return sum(r in lines for r in set(refs))
