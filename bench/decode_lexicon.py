@@ -16,6 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
+from bench import decode_task
 from bench.decode_task import load_task, vocabulary, word_error_rate
 
 SEARCH = {"beam": 50, "beam_threshold": 25.0, "lm_weight_log10": 2.0, "word_score": -1.0, "unk_score": -math.inf,
@@ -64,19 +65,13 @@ def build(side: str, spec: dict):
     vocab = vocabulary()
     s = SEARCH
     if side == "ours":
-        from w2vtk.decoding import DecoderOptions, DecoderPool
+        from w2vtk.decoding import DecoderOptions
 
         options = DecoderOptions(decoder="flashlight", lm=spec["word_lm"], lexicon=spec["lexicon"], beam=s["beam"],
                                  beam_threshold=s["beam_threshold"], beam_size_token=s["beam_size_token"],
                                  token_min_logp=s["token_min_logp"], lm_weight=s["lm_weight_log10"],
                                  word_score=s["word_score"], unk_score=s["unk_score"], sil_score=s["sil_score"])
-        pool = DecoderPool(vocab, jobs=spec["jobs"])
-
-        def run():
-            hyps = pool.decode(logprobs, options)
-            return {"wer": word_error_rate(refs, hyps), "utterances": len(refs)}
-        run.close = pool.close
-        return run
+        return decode_task.ours(vocab, logprobs, refs, options, spec["jobs"])
     jobs = spec["jobs"]
     if jobs > 1:  # spawned, as DecoderPool's: torch is imported in this process
         executor = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),

@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from bench import decode_task
 from bench.decode_task import LETTERS, load_task, vocabulary, word_error_rate
 
 BEAM = 50
@@ -35,18 +36,12 @@ def build(side: str, spec: dict):
     vocab = vocabulary()
     lm_weight, word_score = TUNED[side]
     if side == "ours":
-        from w2vtk.decoding import DecoderOptions, DecoderPool
+        from w2vtk.decoding import DecoderOptions
 
         options = DecoderOptions(decoder="flashlight-lexicon-free", lm=spec["letter_lm"], beam=BEAM,
                                  beam_threshold=BEAM_THRESHOLD, token_min_logp=TOKEN_MIN_LOGP,
                                  lm_weight=lm_weight, word_score=word_score)
-        pool = DecoderPool(vocab, jobs=spec["jobs"])
-
-        def run():
-            hyps = pool.decode(logprobs, options)
-            return {"wer": word_error_rate(refs, hyps), "utterances": len(refs)}
-        run.close = pool.close
-        return run
+        return decode_task.ours(vocab, logprobs, refs, options, spec["jobs"])
     import multiprocessing
 
     from pyctcdecode import build_ctcdecoder

@@ -99,3 +99,18 @@ def sentences_in(refs: list[str], lm_text: Path) -> int:
     """How many of the distinct transcripts are sentences of lm-text.txt (0 for held-out text)."""
     lines = set(lm_text.read_text(encoding="utf-8").splitlines())
     return sum(r in lines for r in set(refs))
+
+
+def ours(vocab: Vocabulary, logprobs: list[np.ndarray], refs: list[str], options, jobs: int):
+    """One repetition of our decoding: `options` (a w2vtk.decoding.DecoderOptions) over `jobs` processes,
+    scored against `refs`; its `close` ends the pool."""
+    from w2vtk.decoding import DecoderPool
+
+    pool = DecoderPool(vocab, jobs=jobs)
+
+    def run():
+        hyps = pool.decode(logprobs, options)
+        return {"wer": word_error_rate(refs, hyps), "utterances": len(refs)}
+    run.close = pool.close
+    return run
+

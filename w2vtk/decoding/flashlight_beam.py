@@ -48,12 +48,25 @@ def _lexicon(vocab: Vocabulary, options: DecoderOptions) -> dict[str, list[list[
     return {w: [letter_spelling(w)] for w in arpa_unigrams(options.lm)}
 
 
+def load_flashlight_kenlm(path, dictionary):
+    """flashlight's KenLM over `dictionary` (words, or the model's tokens), with a one-line error naming
+    the file when KenLM cannot read it."""
+    from flashlight.lib.text.decoder.kenlm import KenLM
+
+    from w2vtk.lm import KENLM_LOAD_ERRORS, kenlm_load_error
+
+    try:
+        return KenLM(str(path), dictionary)
+    except KENLM_LOAD_ERRORS as e:
+        raise kenlm_load_error(path, e) from None
+
+
 def build_search_graph(vocab: Vocabulary, options: DecoderOptions) -> LexiconSearchGraph:
     """Load the LM and build the trie (seconds for LibriSpeech's 200k-word 4-gram; done once per process)."""
     from flashlight.lib.text.decoder import SmearingMode, Trie, ZeroLM
     from flashlight.lib.text.dictionary import Dictionary
 
-    from w2vtk.lm import KENLM_LOAD_ERRORS, check_lm_file, kenlm_load_error
+    from w2vtk.lm import check_lm_file
 
     lexicon = _lexicon(vocab, options)
     word_dict = Dictionary()
@@ -64,13 +77,7 @@ def build_search_graph(vocab: Vocabulary, options: DecoderOptions) -> LexiconSea
     unk_word = word_dict.get_index(UNK_WORD)
     word_dict.set_default_index(unk_word)
     if options.lm:
-        from flashlight.lib.text.decoder.kenlm import KenLM
-
-        info = check_lm_file(options.lm)
-        try:
-            lm = KenLM(str(info.path), word_dict)
-        except KENLM_LOAD_ERRORS as e:
-            raise kenlm_load_error(info.path, e) from None
+        lm = load_flashlight_kenlm(check_lm_file(options.lm).path, word_dict)
     else:
         lm = ZeroLM()
     # fairseq's choice: `|` (letters) is the silence token, else `</s>`, which a CTC head never emits

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from w2vtk.decoding.flashlight_beam import DEFAULT_BEAM_THRESHOLD, prune_tokens
+from w2vtk.decoding.flashlight_beam import DEFAULT_BEAM_THRESHOLD, load_flashlight_kenlm, prune_tokens
 from w2vtk.decoding.options import DecoderOptions, DecodingError, Hypothesis
 from w2vtk.text import BLANK_INDEX, SPECIAL_SYMBOLS, Vocabulary
 
@@ -43,23 +43,18 @@ def build_token_graph(vocab: Vocabulary, options: DecoderOptions) -> TokenSearch
     from flashlight.lib.text.decoder import ZeroLM
     from flashlight.lib.text.dictionary import Dictionary
 
-    from w2vtk.lm import KENLM_LOAD_ERRORS, check_lm_file, kenlm_load_error
+    from w2vtk.lm import check_lm_file
 
     if vocab.word_separator is None:
         raise DecodingError(f"the lexicon-free flashlight decoder needs a word boundary symbol; the model's "
                             f"{vocab.kind} labels have none: use --decoder pyctcdecode")
     if options.lm:
-        from flashlight.lib.text.decoder.kenlm import KenLM
-
         info = check_lm_file(options.lm)
         check_token_lm(str(info.path), vocab)
         tokens = Dictionary()
         for symbol in vocab.symbols:
             tokens.add_entry(symbol)
-        try:
-            lm = KenLM(str(info.path), tokens)
-        except KENLM_LOAD_ERRORS as e:
-            raise kenlm_load_error(info.path, e) from None
+        lm = load_flashlight_kenlm(info.path, tokens)
     else:
         lm = ZeroLM()
     return TokenSearchGraph(lm, vocab.index(vocab.word_separator))
