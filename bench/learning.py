@@ -133,19 +133,18 @@ def wer(exp: Path, model: str, subset: str, decoding: str) -> float | None:
     return json.loads(path.read_text())["wer"] if path.exists() else None
 
 
-def test_oov(corpus: Path) -> float:
+def oov_of_test_clean(corpus: Path) -> float:
     """Percentage of test-clean's words that the corpus' LM text (lm-text.txt) never holds."""
     from bench.corpus import transcripts
-    from w2vtk.synth.texts import oov_rate
+    from bench.decode_task import oov_rate
 
-    vocabulary = {w for line in (corpus / "lm-text.txt").read_text(encoding="utf-8").splitlines() for w in line.split()}
-    return oov_rate(list(transcripts(corpus, "test-clean").values()), vocabulary)
+    return oov_rate(list(transcripts(corpus, "test-clean").values()), corpus / "lm-text.txt")
 
 
 def summarize_run(name: str, seed: int, exp_all: Path, exp_10m: Path | None, corpus: Path | None = None) -> dict:
     row = {"corpus": name, "seed": seed, **pretraining_summary(exp_all)}
     if corpus is not None:
-        row["test_oov"] = test_oov(corpus)
+        row["test_oov"] = oov_of_test_clean(corpus)
     for labelled, exp in (("all", exp_all), ("10m", exp_10m)):
         if exp is None:
             continue

@@ -58,7 +58,7 @@ def test_test_words_missing_from_the_lm_text(tmp_path):
     chapter.mkdir(parents=True)
     (chapter / "1-2.trans.txt").write_text("1-2-0000 THE CAT SAT\n1-2-0001 A DOG\n")
     (corpus / "lm-text.txt").write_text("THE CAT\nA BIRD SAT\n")
-    assert learning.test_oov(corpus) == pytest.approx(100 * 1 / 5)  # DOG
+    assert learning.oov_of_test_clean(corpus) == pytest.approx(100 * 1 / 5)  # DOG
     assert "| c | 1 | 20.0 |" in learning.table([{"corpus": "c", "seed": 1, "test_oov": 20.0}])
 
 
